@@ -1,0 +1,172 @@
+//! The initramfs: busybox and a short init that loads exactly the modules a role needs,
+//! mounts the root disk and switches to it. Written as a cpio archive in Rust.
+
+use std::fs;
+use std::path::PathBuf;
+
+use media::cpio::Initramfs;
+use serde::Serialize;
+
+use super::cache::{ArtifactCache, Key};
+use super::kernel::{Kernel, COMMON_MODULES, CONTROLLER_MODULES, GUEST_MODULES};
+use super::RECIPE_VERSION;
+use crate::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Guest,
+    Controller,
+}
+
+impl Role {
+    pub fn modules(self) -> Vec<&'static str> {
+        let extra = match self {
+            Role::Guest => GUEST_MODULES,
+            Role::Controller => CONTROLLER_MODULES,
+        };
+        COMMON_MODULES.iter().chain(extra).copied().collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Controller => "controller",
+        }
+    }
+}
+
+/// Printed on the console when the initramfs cannot go on; boot waits fail fast on it.
+pub const FAILED_MARKER: &str = "GUESTBOX-BOOT-FAILED";
+/// Printed by the KVM probe (kernel parameter `guestbox.probe`) before it powers off.
+pub const PROBE_MARKER: &str = "GUESTBOX-PROBE-OK";
+
+/// Kernel parameters: `guestbox.init=PATH` is what to exec on the root disk;
+/// `guestbox.probe` stops right after the modules load (used to test an accelerator).
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+fail() {
+    echo "GUESTBOX-BOOT-FAILED: $*"
+    sync
+    poweroff -f
+}
+mount -t devtmpfs devtmpfs /dev || fail "cannot mount /dev"
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+while read -r m; do
+    insmod "/lib/modules/$m.ko" || echo "guestbox-initramfs: cannot load module $m"
+done < /etc/modules.load
+init=/sbin/init
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        guestbox.init=*) init="${arg#guestbox.init=}" ;;
+        guestbox.probe) echo "GUESTBOX-PROBE-OK"; poweroff -f ;;
+    esac
+done
+i=0
+while [ ! -b /dev/vda ]; do
+    i=$((i + 1))
+    [ "$i" -gt 500 ] && fail "no root disk (/dev/vda) appeared"
+    sleep 0.02
+done
+mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount the root disk /dev/vda"
+[ -x "/newroot$init" ] || fail "the root disk has no executable $init"
+if [ -x /bin/guestbox-agent ]; then
+    mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount /run"
+    cp /bin/guestbox-agent /newroot/run/guestbox-agent || fail "cannot install the agent"
+fi
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot "$init"
+"#;
+
+const APPLETS: &[&str] = &[
+    "sh",
+    "mount",
+    "umount",
+    "insmod",
+    "switch_root",
+    "poweroff",
+    "sleep",
+    "cat",
+    "echo",
+    "sync",
+    "cp",
+];
+
+#[derive(Serialize)]
+struct Inputs<'a> {
+    recipe: u32,
+    kernel: &'a std::path::Path,
+    role: Role,
+    init: &'a str,
+    agent: String,
+}
+
+/// Builds the initramfs for `role` from the modules in `kernel`; returns the file's path.
+pub async fn ensure(cache: &ArtifactCache, kernel: &Kernel, role: Role) -> Result<PathBuf> {
+    let inputs = Inputs {
+        recipe: RECIPE_VERSION,
+        // The kernel artifact's directory name is its content hash.
+        kernel: kernel
+            .dir
+            .file_name()
+            .map(std::path::Path::new)
+            .unwrap_or(&kernel.dir),
+        role,
+        init: INIT,
+        agent: match role {
+            Role::Controller => blake3::hash(crate::AGENT).to_hex().to_string(),
+            Role::Guest => String::new(),
+        },
+    };
+    let key = Key::new(&format!("initrd-{}", role.name()), &inputs)?;
+    let dir = cache
+        .get_or_build(&key, &inputs, |out| async move {
+            let bytes = build(kernel, role)?;
+            let path = out.join("initrd.cpio");
+            fs::write(&path, bytes).ctx(|| format!("writing {}", path.display()))
+        })
+        .await?;
+    Ok(dir.join("initrd.cpio"))
+}
+
+/// The archive's bytes.
+pub fn build(kernel: &Kernel, role: Role) -> Result<Vec<u8>> {
+    let cpio_err = |e: media::cpio::CpioError| Error::Other(format!("building the initramfs: {e}"));
+    let mut fs_ = Initramfs::new();
+    for dir in ["dev", "proc", "sys", "newroot", "etc"] {
+        fs_.dir(dir, 0o755).map_err(cpio_err)?;
+    }
+    fs_.char_device("dev/console", 0o600, 5, 1)
+        .map_err(cpio_err)?;
+    fs_.file("init", 0o755, INIT.as_bytes().to_vec())
+        .map_err(cpio_err)?;
+    let busybox =
+        fs::read(&kernel.busybox).ctx(|| format!("reading {}", kernel.busybox.display()))?;
+    fs_.file("bin/busybox", 0o755, busybox).map_err(cpio_err)?;
+    for applet in APPLETS {
+        fs_.symlink(&format!("bin/{applet}"), "busybox")
+            .map_err(cpio_err)?;
+    }
+    if role == Role::Controller {
+        // The agent rides in the initramfs so that the controller's disk does not change
+        // (and need not be rebuilt) whenever guestbox does.
+        fs_.file("bin/guestbox-agent", 0o755, crate::AGENT.to_vec())
+            .map_err(cpio_err)?;
+    }
+    let order = kernel.load_order(&role.modules());
+    for name in &order {
+        let path = kernel.module_path(name).ok_or_else(|| {
+            Error::Other(format!("module {name} is missing from the kernel artifact"))
+        })?;
+        let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        fs_.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)
+            .map_err(cpio_err)?;
+    }
+    let mut list = order.join("\n");
+    list.push('\n');
+    fs_.file("etc/modules.load", 0o644, list.into_bytes())
+        .map_err(cpio_err)?;
+    fs_.to_bytes().map_err(cpio_err)
+}

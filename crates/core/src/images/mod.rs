@@ -1,0 +1,95 @@
+//! Guest and controller images built from Debian packages, cached by their inputs.
+//!
+//! - [`kernel`]: Debian's generic kernel (it has 9p, virtio and cifs as modules), busybox,
+//!   and the closure of the modules guestbox loads.
+//! - [`initramfs`]: a tiny init, written as a cpio in Rust, that loads exactly those modules,
+//!   mounts the root disk and hands over to it.
+//! - [`rootfs`]: root filesystems made by mmdebstrap, turned into ext4 and qcow2.
+//! - [`cache`]: the content-addressed artifact cache.
+
+pub mod cache;
+pub mod debian;
+pub mod initramfs;
+pub mod kernel;
+pub mod rootfs;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Dirs;
+use crate::progress::Progress;
+use crate::Result;
+
+/// Bump when a change to the recipes below would make an older artifact wrong.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// Where Debian packages come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebianSource {
+    pub suite: String,
+    pub mirror: String,
+}
+
+impl Default for DebianSource {
+    fn default() -> Self {
+        Self {
+            suite: "bookworm".into(),
+            mirror: std::env::var("GUESTBOX_DEBIAN_MIRROR")
+                .ok()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
+        }
+    }
+}
+
+/// What the default Debian guest is made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRecipe {
+    /// Extra Debian packages (`--packages build-essential,...`).
+    pub packages: Vec<String>,
+    /// Size of the guest's root filesystem in MiB (sparse: unused space costs nothing).
+    pub disk_mib: u64,
+}
+
+impl GuestRecipe {
+    pub fn new(packages: Vec<String>) -> Self {
+        let mut packages = packages;
+        packages.sort();
+        packages.dedup();
+        Self {
+            packages,
+            disk_mib: 8192,
+        }
+    }
+}
+
+/// Everything needed to boot the guest and the controller.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub kernel: kernel::Kernel,
+    pub guest_initrd: std::path::PathBuf,
+    pub controller_initrd: std::path::PathBuf,
+    pub guest: rootfs::Rootfs,
+    pub controller: rootfs::Rootfs,
+}
+
+/// Builds (or finds in the cache) the kernel, both initramfs images and both root disks.
+pub async fn ensure(
+    dirs: &Dirs,
+    source: &DebianSource,
+    guest: &GuestRecipe,
+    progress: &Progress,
+) -> Result<Images> {
+    let cache = cache::ArtifactCache::new(dirs.images());
+    let kernel = kernel::ensure(&cache, source, progress).await?;
+    let guest_initrd = initramfs::ensure(&cache, &kernel, initramfs::Role::Guest).await?;
+    let controller_initrd = initramfs::ensure(&cache, &kernel, initramfs::Role::Controller).await?;
+    let guest = rootfs::ensure_guest(&cache, source, guest, progress).await?;
+    let controller = rootfs::ensure_controller(&cache, source, progress).await?;
+    Ok(Images {
+        kernel,
+        guest_initrd,
+        controller_initrd,
+        guest,
+        controller,
+    })
+}

@@ -1,0 +1,367 @@
+//! Root disks for the guest and the controller: mmdebstrap, a few files of guestbox's own,
+//! `mkfs.ext4 -d`, `qemu-img convert` to qcow2.
+//!
+//! Both VMs run a minimal init (tini as PID 1 and a short script), not systemd: the guest's
+//! boot is paid at every bootstrap and every `--cold` run, and under TCG systemd alone costs
+//! tens of seconds; all a job needs from the guest is its network and sshd.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::cache::{ArtifactCache, Key};
+use super::debian::{mmdebstrap, Variant};
+use super::{DebianSource, GuestRecipe, RECIPE_VERSION};
+use crate::hostcheck;
+use crate::process::run_tool;
+use crate::progress::{Progress, Step};
+use crate::{Error, IoContext, Result};
+
+/// Printed on the guest's console once sshd listens.
+pub const GUEST_READY_MARKER: &str = "GUESTBOX-READY guest";
+pub const GUEST_ADDRESS: &str = "192.168.0.1";
+pub const CONTROLLER_ADDRESS: &str = "192.168.0.2";
+
+/// A finished root disk and what was generated with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rootfs {
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    /// Path inside the VM that the initramfs executes.
+    pub init: String,
+    /// `package -> version` of everything installed.
+    pub packages: BTreeMap<String, String>,
+}
+
+const ROOTFS_JSON: &str = "rootfs.json";
+
+const GUEST_BASE_PACKAGES: &[&str] =
+    &["openssh-server", "cifs-utils", "iproute2", "tini", "procps"];
+const CONTROLLER_PACKAGES: &[&str] = &["samba", "openssh-client", "iproute2", "tini"];
+
+const GUEST_INIT: &str = r#"#!/bin/sh
+# PID 1 is tini: it reaps orphans and forwards signals; the script below does the rest.
+exec /usr/bin/tini -s -- /bin/sh /etc/guestbox/rc
+"#;
+
+const GUEST_RC: &str = r#"#!/bin/sh
+# guestbox's Debian guest: pseudo filesystems, the private link, sshd. Nothing else runs.
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+hostname guestbox-guest
+ip link set lo up
+ip addr add 192.168.0.1/24 dev eth0
+ip link set eth0 up
+mkdir -p /run/sshd
+chmod 755 /run/sshd
+/usr/sbin/sshd -D -e 2>>/var/log/sshd.log &
+# Ready means sshd listens on port 22 (0x0016 in /proc/net/tcp).
+while ! grep -q ':0016 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done
+echo "GUESTBOX-READY guest" > /dev/console
+wait
+"#;
+
+const SSHD_CONFIG: &str = "\
+# guestbox: key-only root logins from the controller; no DNS, no PAM (nothing to ask).
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+HostKey /etc/ssh/ssh_host_ed25519_key
+MaxStartups 64:30:128
+MaxSessions 64
+";
+
+const CONTROLLER_INIT: &str = r#"#!/bin/sh
+# The agent comes with the initramfs (copied to /run), so the disk need not change with it.
+exec /usr/bin/tini -s -- /run/guestbox-agent
+"#;
+
+impl Rootfs {
+    fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(ROOTFS_JSON);
+        let text = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let mut r: Rootfs = serde_json::from_slice(&text).map_err(|e| {
+            Error::Other(format!(
+                "{} is damaged: {e}; remove its directory to rebuild it",
+                path.display()
+            ))
+        })?;
+        r.dir = dir.to_path_buf();
+        r.disk = dir.join(&r.disk);
+        Ok(r)
+    }
+
+    /// The per-image SSH key pair's private half (guest images only).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("keys/client")
+    }
+
+    pub fn host_public_key(&self) -> PathBuf {
+        self.dir.join("keys/ssh_host_ed25519_key.pub")
+    }
+}
+
+#[derive(Serialize)]
+struct Inputs<'a> {
+    recipe: u32,
+    role: &'a str,
+    source: &'a DebianSource,
+    packages: Vec<String>,
+    disk_mib: u64,
+    files: Vec<&'a str>,
+}
+
+pub async fn ensure_guest(
+    cache: &ArtifactCache,
+    source: &DebianSource,
+    recipe: &GuestRecipe,
+    progress: &Progress,
+) -> Result<Rootfs> {
+    for p in &recipe.packages {
+        let valid = !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:=".contains(c));
+        if !valid {
+            return Err(Error::Usage(format!(
+                "{p:?} is not a Debian package name (lowercase letters, digits, + - . and an optional =version)"
+            )));
+        }
+    }
+    let mut packages: Vec<String> = GUEST_BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+    packages.extend(recipe.packages.iter().cloned());
+    let inputs = Inputs {
+        recipe: RECIPE_VERSION,
+        role: "guest",
+        source,
+        packages,
+        disk_mib: recipe.disk_mib,
+        files: vec![GUEST_INIT, GUEST_RC, SSHD_CONFIG],
+    };
+    let key = Key::new("guest", &inputs)?;
+    let dir = cache
+        .get_or_build(&key, &inputs, |out| {
+            let inputs = &inputs;
+            async move {
+                let step = progress.step(format!(
+                    "building the Debian guest ({} packages)",
+                    inputs.packages.len()
+                ));
+                let root = out.join("root");
+                mmdebstrap(source, Variant::Minbase, &inputs.packages, &root, &step).await?;
+                step.detail("configuring sshd and keys");
+                customize_guest(&root, &out).await?;
+                finish(&root, &out, inputs.disk_mib, "/etc/guestbox/init", &step).await?;
+                step.done();
+                Ok(())
+            }
+        })
+        .await?;
+    Rootfs::load(&dir)
+}
+
+pub async fn ensure_controller(
+    cache: &ArtifactCache,
+    source: &DebianSource,
+    progress: &Progress,
+) -> Result<Rootfs> {
+    let inputs = Inputs {
+        recipe: RECIPE_VERSION,
+        role: "controller",
+        source,
+        packages: CONTROLLER_PACKAGES.iter().map(|s| s.to_string()).collect(),
+        disk_mib: 1024,
+        files: vec![CONTROLLER_INIT],
+    };
+    let key = Key::new("controller", &inputs)?;
+    let dir = cache
+        .get_or_build(&key, &inputs, |out| {
+            let inputs = &inputs;
+            async move {
+                let step = progress.step("building the controller (Samba, OpenSSH client)");
+                let root = out.join("root");
+                mmdebstrap(source, Variant::Minbase, &inputs.packages, &root, &step).await?;
+                write_file(&root.join("etc/guestbox/init"), CONTROLLER_INIT, 0o755)?;
+                write_file(&root.join("etc/hostname"), "guestbox-controller\n", 0o644)?;
+                write_file(&root.join("etc/hosts"), &hosts(), 0o644)?;
+                finish(&root, &out, inputs.disk_mib, "/etc/guestbox/init", &step).await?;
+                step.done();
+                Ok(())
+            }
+        })
+        .await?;
+    Rootfs::load(&dir)
+}
+
+fn hosts() -> String {
+    format!("127.0.0.1 localhost\n{GUEST_ADDRESS} guest\n{CONTROLLER_ADDRESS} controller\n")
+}
+
+fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(path, content).ctx(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .ctx(|| format!("chmod {}", path.display()))
+}
+
+/// Fresh keys for this image: the guest's host key and the controller's client key.
+async fn customize_guest(root: &Path, out: &Path) -> Result<()> {
+    let keygen = hostcheck::path_of(hostcheck::SSH_KEYGEN)?;
+    let ssh = root.join("etc/ssh");
+    for entry in fs::read_dir(&ssh)
+        .ctx(|| format!("reading {}", ssh.display()))?
+        .flatten()
+    {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("ssh_host_") {
+            fs::remove_file(entry.path()).ctx(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    let keys = out.join("keys");
+    fs::create_dir_all(&keys).ctx(|| format!("creating {}", keys.display()))?;
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).ctx(|| "chmod keys")?;
+    let host_key = ssh.join("ssh_host_ed25519_key");
+    let client_key = keys.join("client");
+    for (path, comment) in [
+        (&host_key, "guestbox-guest"),
+        (&client_key, "guestbox-controller"),
+    ] {
+        let path_s = path.to_string_lossy().into_owned();
+        run_tool(
+            "ssh-keygen",
+            &keygen,
+            &[
+                "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", &path_s,
+            ],
+        )
+        .await?;
+    }
+    fs::copy(
+        ssh.join("ssh_host_ed25519_key.pub"),
+        keys.join("ssh_host_ed25519_key.pub"),
+    )
+    .ctx(|| "copying the host public key")?;
+    let authorized = fs::read_to_string(keys.join("client.pub")).ctx(|| "reading client.pub")?;
+    let dot_ssh = root.join("root/.ssh");
+    fs::create_dir_all(&dot_ssh).ctx(|| format!("creating {}", dot_ssh.display()))?;
+    fs::set_permissions(&dot_ssh, fs::Permissions::from_mode(0o700)).ctx(|| "chmod .ssh")?;
+    write_file(&dot_ssh.join("authorized_keys"), &authorized, 0o600)?;
+    write_file(&ssh.join("sshd_config.d/guestbox.conf"), SSHD_CONFIG, 0o644)?;
+    write_file(&root.join("etc/guestbox/init"), GUEST_INIT, 0o755)?;
+    write_file(&root.join("etc/guestbox/rc"), GUEST_RC, 0o755)?;
+    write_file(&root.join("etc/hostname"), "guestbox-guest\n", 0o644)?;
+    write_file(&root.join("etc/hosts"), &hosts(), 0o644)?;
+    Ok(())
+}
+
+/// Records installed packages, makes the ext4 image and the qcow2 disk, drops the tree.
+async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step) -> Result<()> {
+    let packages = installed_packages(root)?;
+    step.detail("making the ext4 disk image");
+    let raw = out.join("disk.raw");
+    let file = fs::File::create(&raw).ctx(|| format!("creating {}", raw.display()))?;
+    file.set_len(disk_mib << 20)
+        .ctx(|| format!("sizing {}", raw.display()))?;
+    drop(file);
+    let mkfs = hostcheck::path_of(hostcheck::MKFS_EXT4)?;
+    let root_s = root.to_string_lossy().into_owned();
+    let raw_s = raw.to_string_lossy().into_owned();
+    run_tool(
+        "mkfs.ext4",
+        &mkfs,
+        &["-F", "-q", "-L", "guestbox", "-d", &root_s, &raw_s],
+    )
+    .await?;
+    let qemu_img = hostcheck::path_of(hostcheck::QEMU_IMG)?;
+    let disk = out.join("disk.qcow2");
+    let disk_s = disk.to_string_lossy().into_owned();
+    run_tool(
+        "qemu-img convert",
+        &qemu_img,
+        &["convert", "-f", "raw", "-O", "qcow2", &raw_s, &disk_s],
+    )
+    .await?;
+    fs::remove_file(&raw).ctx(|| format!("removing {}", raw.display()))?;
+    fs::remove_dir_all(root).ctx(|| format!("removing {}", root.display()))?;
+    let record = Rootfs {
+        dir: PathBuf::new(),
+        disk: PathBuf::from("disk.qcow2"),
+        init: init.to_string(),
+        packages,
+    };
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Other(e.to_string()))?;
+    fs::write(out.join(ROOTFS_JSON), json).ctx(|| "writing rootfs.json")
+}
+
+/// `package -> version` from the tree's dpkg status file (no dpkg needed on the host).
+pub fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
+    let path = root.join("var/lib/dpkg/status");
+    let text = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
+    Ok(parse_dpkg_status(&text))
+}
+
+fn parse_dpkg_status(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(p), Some(v), Some(s)) = (field("Package"), field("Version"), field("Status")) {
+            if s.ends_with(" installed") {
+                out.insert(p, v);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_lists_installed_packages_only() {
+        let status = "Package: a\nStatus: install ok installed\nVersion: 1.0\n\n\
+                      Package: b\nStatus: deinstall ok config-files\nVersion: 2\n\n\
+                      Package: c\nVersion: 3:4.5-1\nStatus: install ok installed\n";
+        let p = parse_dpkg_status(status);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p["a"], "1.0");
+        assert_eq!(p["c"], "3:4.5-1");
+    }
+
+    #[test]
+    fn scripts_are_valid_shell() {
+        for (name, script) in [
+            ("guest init", GUEST_INIT),
+            ("guest rc", GUEST_RC),
+            ("controller init", CONTROLLER_INIT),
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Supervised child processes (QEMU, image tools).
+//!
+//! Every child gets its own process group and PR_SET_PDEATHSIG=SIGKILL, so nothing outlives
+//! guestbox: not on return, not on a panic, not when guestbox itself is SIGKILLed.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use tokio::process::{Child, Command};
+
+use crate::{Error, IoContext, Result};
+
+/// Prepares `cmd` so that the child dies with us and can be killed as a group.
+pub fn supervise(cmd: &mut std::process::Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A running child in its own process group; the whole group is SIGKILLed on drop.
+#[derive(Debug)]
+pub struct Supervised {
+    pub name: String,
+    child: Child,
+    pgid: Option<libc::pid_t>,
+    stderr_path: PathBuf,
+}
+
+impl Supervised {
+    /// Starts `program args` with stdin closed, stdout discarded and stderr kept in
+    /// `stderr_path` (for error messages).
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[impl AsRef<OsStr>],
+        stderr_path: &Path,
+    ) -> Result<Self> {
+        let stderr =
+            File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
+        let mut std_cmd = std::process::Command::new(program);
+        std_cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        supervise(&mut std_cmd);
+        let mut cmd = Command::from(std_cmd);
+        cmd.kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .ctx(|| format!("starting {} ({})", name, program.display()))?;
+        let pgid = child.id().map(|p| p as libc::pid_t);
+        tracing::debug!(name, pid = ?pgid, "started");
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            pgid,
+            stderr_path: stderr_path.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The exit status if the process has ended, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .ctx(|| format!("checking on {}", self.name))
+    }
+
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .ctx(|| format!("waiting for {}", self.name))?;
+        self.pgid = None;
+        Ok(status)
+    }
+
+    /// The last few lines the process wrote to stderr.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        tail_of_file(&self.stderr_path, lines)
+    }
+
+    /// SIGKILLs the process group and reaps the leader.
+    pub async fn kill(&mut self) {
+        self.kill_group();
+        let _ = self.child.wait().await;
+        self.pgid = None;
+    }
+
+    fn kill_group(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: plain syscall; the group is ours (setpgid in pre_exec).
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// SIGKILLs a process group when dropped: for tools that fork helpers of their own
+/// (mmdebstrap runs apt and dpkg), where killing the leader alone would orphan them.
+#[derive(Debug)]
+pub struct GroupGuard(pub Option<libc::pid_t>);
+
+impl GroupGuard {
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: plain syscall on a group created by `supervise`.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Last `lines` lines of a text file, lossily decoded; empty if unreadable.
+pub fn tail_of_file(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    tail_of_text(&String::from_utf8_lossy(&bytes), lines)
+}
+
+pub fn tail_of_text(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..]
+        .iter()
+        .map(|l| format!("    {}", l.trim_end_matches('\r')))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs a short-lived tool to completion (supervised), returning stdout; a non-zero exit is
+/// an error carrying the tail of stderr.
+pub async fn run_tool(what: &str, program: &Path, args: &[impl AsRef<OsStr>]) -> Result<Vec<u8>> {
+    let mut std_cmd = std::process::Command::new(program);
+    std_cmd.args(args).stdin(Stdio::null());
+    supervise(&mut std_cmd);
+    let mut cmd = Command::from(std_cmd);
+    cmd.kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .ctx(|| format!("starting {} ({})", what, program.display()))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            what: what.to_string(),
+            status: out.status.to_string(),
+            detail: tail_of_text(&String::from_utf8_lossy(&out.stderr), 15),
+        });
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let child = Supervised::spawn(
+            "sleeper",
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            &dir.path().join("stderr"),
+        )
+        .unwrap();
+        let mut grandchild = None;
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    grandchild = Some(pid);
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let grandchild = grandchild.expect("the shell started its background sleep");
+        drop(child);
+        // kill(pid, 0) fails with ESRCH once the process is gone (it is reaped by init).
+        let mut gone = false;
+        for _ in 0..200 {
+            let alive = unsafe { libc::kill(grandchild, 0) } == 0;
+            let zombie = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true);
+            if !alive || zombie {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            gone,
+            "background child {grandchild} survived its supervised parent"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_tool_reports_its_stderr() {
+        let err = run_tool(
+            "a test tool",
+            Path::new("/bin/sh"),
+            &["-c", "echo broken >&2; exit 3"],
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("a test tool failed"), "{text}");
+        assert!(text.contains("broken"), "{text}");
+    }
+}

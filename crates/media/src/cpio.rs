@@ -54,7 +54,14 @@ impl Initramfs {
         let path = Self::check(path)?;
         // Every ancestor must exist as a directory before the kernel unpacks the child.
         let mut parent = String::new();
-        for component in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for component in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -116,8 +123,8 @@ impl Initramfs {
                     .write(out, 0)
                     .finish()?,
                 Node::File { mode, data } => {
-                    let len = u32::try_from(data.len())
-                        .map_err(|_| CpioError::TooLarge(path.clone()))?;
+                    let len =
+                        u32::try_from(data.len()).map_err(|_| CpioError::TooLarge(path.clone()))?;
                     let mut w = base
                         .mode(mode & 0o7777)
                         .set_mode_file_type(ModeFileType::Regular)

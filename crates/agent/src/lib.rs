@@ -35,21 +35,90 @@ impl FrameKind {
     }
 }
 
+/// Tags of the controller's virtio-9p devices: the exchange directory and the volume slots.
+/// They exist from bootstrap on (unmounted, so the controller can be snapshotted) and are
+/// pointed at a run's host directories when it is revived.
+pub const XCHG_TAG: &str = "xchg";
+pub const VOLUME_SLOTS: usize = 8;
+
+pub fn volume_tag(slot: usize) -> String {
+    format!("vol{slot}")
+}
+
+/// Where the controller mounts each 9p tag; the SMB share `guestbox` is this directory.
+pub const SHARE_ROOT: &str = "/srv/guestbox";
+/// The SMB share name and user.
+pub const SMB_SHARE: &str = "guestbox";
+pub const SMB_USER: &str = "guestbox";
+
 /// Host → agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     Ping,
+    /// Once, at bootstrap: credentials, then a lasting SSH connection to the guest, then
+    /// `guest_script` run in the guest (it mounts the SMB share root there).
+    Setup(Setup),
+    /// Per job: mount the run's volumes, then run `script` in the guest.
+    Run(Run),
     /// Sync and power the controller off.
     Poweroff,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    /// OpenSSH private key the controller logs in to the guest with.
+    pub client_key: String,
+    /// The guest's public host key (`ssh-ed25519 AAAA...`): nothing else is trusted.
+    pub guest_host_key: String,
+    pub guest_user: String,
+    pub smb_password: String,
+    /// Fed to `sh -s` in the guest on stdin, so no secret appears in any argument list.
+    pub guest_script: String,
+}
+
+// Secrets stay out of logs and panics.
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("guest_user", &self.guest_user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Host time (seconds since the epoch) to set in both VMs; None keeps the snapshot's.
+    pub time: Option<i64>,
+    pub mounts: Vec<Mount>,
+    /// The remote command line given to ssh; the guest's shell runs it.
+    pub script: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub tag: String,
+    pub readonly: bool,
 }
 
 /// Agent → host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    Pong { version: String },
-    Error { message: String },
+    Pong {
+        version: String,
+    },
+    /// Setup finished: the SSH connection is up and the guest has the share mounted.
+    SetupDone,
+    /// Volumes are mounted and the command was started in the guest.
+    Started,
+    /// The command ended. `code` is its exit status, or 128 + the signal that killed it.
+    Exit {
+        code: i32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

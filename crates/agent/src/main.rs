@@ -1,23 +1,36 @@
-//! guestbox-agent: the controller VM's only service (run by tini as PID 1's child).
+//! guestbox-agent: the controller VM's only service (tini is PID 1 and reaps for it).
 //!
 //! At start it mounts the pseudo filesystems, brings up the private link as 192.168.0.2,
-//! starts smbd, then serves the host over the virtio-serial control port.
+//! starts smbd, then serves the host over the virtio-serial control port: setup once at
+//! bootstrap (SSH connection to the guest, SMB share mounted there), then one job per
+//! revive (mount the run's 9p volumes, run the command over SSH, stream its output).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::{read_frame, write_message, Event, FrameKind, Request, CONTROL_PORT, READY_MARKER};
+use agent::{
+    read_frame, write_frame, write_message, Event, FrameKind, Request, Run, Setup, CONTROL_PORT,
+    READY_MARKER, SHARE_ROOT, SMB_SHARE, SMB_USER, VOLUME_SLOTS, XCHG_TAG,
+};
 
 const ADDRESS: &str = "192.168.0.2/24";
+const GUEST: &str = "192.168.0.1";
 const SMB_CONF: &str = "/run/guestbox/smb.conf";
+const SSH_DIR: &str = "/run/guestbox/ssh";
 
 fn main() {
-    if let Err(e) = run() {
+    if let Err(e) = start() {
         console(&format!("guestbox-agent: {e}"));
-        std::process::exit(1);
+        // Keep PID 1 (tini) from panicking the kernel: the host sees the message and times out.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 }
 
@@ -28,36 +41,45 @@ fn console(line: &str) {
     }
 }
 
-fn sh(program: &str, args: &[&str]) -> io::Result<()> {
-    let status = Command::new(program)
+fn run_cmd(program: &str, args: &[&str]) -> io::Result<()> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .status()?;
-    if status.success() {
+        .output()?;
+    if out.status.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "{program} {} failed: {status}",
-            args.join(" ")
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
 }
 
-fn mount(kind: &str, target: &str, options: &str) -> io::Result<()> {
+fn mount(kind: &str, source: &str, target: &str, options: &str) -> io::Result<()> {
     fs::create_dir_all(target)?;
-    sh("/bin/mount", &["-t", kind, "-o", options, kind, target])
+    run_cmd("/bin/mount", &["-t", kind, "-o", options, source, target])
 }
 
-fn run() -> io::Result<()> {
-    mount("proc", "/proc", "nosuid,nodev,noexec")?;
-    mount("sysfs", "/sys", "nosuid,nodev,noexec")?;
-    mount("devpts", "/dev/pts", "gid=5,mode=620")?;
-    mount("tmpfs", "/tmp", "mode=1777")?;
+fn start() -> io::Result<()> {
+    mount("proc", "proc", "/proc", "nosuid,nodev,noexec")?;
+    mount("sysfs", "sysfs", "/sys", "nosuid,nodev,noexec")?;
+    mount("devpts", "devpts", "/dev/pts", "gid=5,mode=620")?;
+    mount("tmpfs", "tmpfs", "/tmp", "mode=1777")?;
     fs::create_dir_all("/run/guestbox")?;
-    sh("/bin/hostname", &["guestbox-controller"])?;
-    sh("/sbin/ip", &["link", "set", "lo", "up"])?;
-    sh("/sbin/ip", &["addr", "add", ADDRESS, "dev", "eth0"])?;
-    sh("/sbin/ip", &["link", "set", "eth0", "up"])?;
+    run_cmd("/bin/hostname", &["guestbox-controller"])?;
+    run_cmd("/sbin/ip", &["link", "set", "lo", "up"])?;
+    run_cmd("/sbin/ip", &["addr", "add", ADDRESS, "dev", "eth0"])?;
+    run_cmd("/sbin/ip", &["link", "set", "eth0", "up"])?;
+    // The share root is a tmpfs of mount points, one per 9p tag; they stay empty until a
+    // run mounts its directories on them.
+    mount("tmpfs", "tmpfs", SHARE_ROOT, "mode=755,size=1m")?;
+    for tag in std::iter::once(XCHG_TAG.to_string()).chain((0..VOLUME_SLOTS).map(agent::volume_tag))
+    {
+        fs::create_dir_all(Path::new(SHARE_ROOT).join(tag))?;
+    }
     let _smbd = start_smbd()?;
     let port = find_port(CONTROL_PORT)?;
     console(READY_MARKER);
@@ -90,27 +112,46 @@ fn start_smbd() -> io::Result<Child> {
     Ok(child)
 }
 
-/// Samba's global section. Shares are added per run; nothing is ever open to guests.
+/// One authenticated share over the directory of mount points. Never open to guests;
+/// `wide links = no` keeps symlinks from leading outside what the host exported.
 fn smb_conf() -> String {
-    [
-        "[global]",
-        "server role = standalone server",
-        "map to guest = never",
-        "restrict anonymous = 2",
-        "interfaces = 192.168.0.2/24",
-        "bind interfaces only = yes",
-        "smb ports = 445",
-        "disable netbios = yes",
-        "load printers = no",
-        "printing = bsd",
-        "printcap name = /dev/null",
-        "disable spoolss = yes",
-        "wide links = no",
-        "unix extensions = no",
-        "log level = 1",
-        "",
-    ]
-    .join("\n")
+    format!(
+        "[global]
+server role = standalone server
+map to guest = never
+restrict anonymous = 2
+interfaces = 192.168.0.2/24
+bind interfaces only = yes
+smb ports = 445
+disable netbios = yes
+load printers = no
+printing = bsd
+printcap name = /dev/null
+disable spoolss = yes
+unix extensions = no
+wide links = no
+log level = 1
+# Windows XP speaks only SMB1.
+server min protocol = NT1
+ntlm auth = ntlmv2-only
+
+[{SMB_SHARE}]
+path = {SHARE_ROOT}
+valid users = {SMB_USER}
+force user = root
+read only = no
+browseable = no
+wide links = no
+follow symlinks = yes
+# Plain Unix modes: no DOS attribute mapping onto execute bits, no xattrs on 9p.
+map archive = no
+map hidden = no
+map system = no
+store dos attributes = no
+create mask = 0644
+directory mask = 0755
+"
+    )
 }
 
 /// Polls /proc/net/tcp for a socket listening on `port`.
@@ -149,16 +190,25 @@ fn find_port(name: &str) -> io::Result<PathBuf> {
     }
 }
 
+type Writer = Arc<Mutex<File>>;
+
+fn send(writer: &Writer, event: &Event) -> io::Result<()> {
+    let mut w = writer
+        .lock()
+        .map_err(|_| io::Error::other("writer poisoned"))?;
+    write_message(&mut *w, event).map_err(|e| io::Error::other(e.to_string()))
+}
+
 fn serve(port: &Path) -> io::Result<()> {
     // A virtio port can be opened once: one read-write handle, cloned for writing.
     let mut reader = OpenOptions::new().read(true).write(true).open(port)?;
-    let mut writer = reader.try_clone()?;
+    let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));
     loop {
         let (kind, payload) = match read_frame(&mut reader) {
             Ok(frame) => frame,
             // The host end is not connected (yet, or any more): wait for the next host.
             Err(agent::ProtoError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
             Err(e) => return Err(io::Error::other(e.to_string())),
@@ -166,22 +216,314 @@ fn serve(port: &Path) -> io::Result<()> {
         if kind != FrameKind::Message {
             continue;
         }
-        let reply = match serde_json::from_slice::<Request>(&payload) {
-            Ok(Request::Ping) => Event::Pong {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+        let result = match serde_json::from_slice::<Request>(&payload) {
+            Ok(Request::Ping) => send(
+                &writer,
+                &Event::Pong {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            ),
+            Ok(Request::Setup(setup)) => match do_setup(&setup) {
+                Ok(()) => send(&writer, &Event::SetupDone),
+                Err(e) => send(
+                    &writer,
+                    &Event::Error {
+                        message: format!("setup: {e}"),
+                    },
+                ),
+            },
+            Ok(Request::Run(job)) => match do_run(&job, &writer) {
+                Ok(code) => send(&writer, &Event::Exit { code }),
+                Err(e) => send(
+                    &writer,
+                    &Event::Error {
+                        message: e.to_string(),
+                    },
+                ),
             },
             Ok(Request::Poweroff) => {
-                let _ = sh("/bin/sync", &[]);
+                let _ = run_cmd("/bin/sync", &[]);
                 // SAFETY: plain syscall; the host asked for the controller to go away.
                 unsafe {
                     libc::reboot(libc::RB_POWER_OFF);
                 }
                 return Ok(());
             }
-            Err(e) => Event::Error {
-                message: format!("bad request: {e}"),
-            },
+            Err(e) => send(
+                &writer,
+                &Event::Error {
+                    message: format!("bad request: {e}"),
+                },
+            ),
         };
-        write_message(&mut writer, &reply).map_err(|e| io::Error::other(e.to_string()))?;
+        result?;
     }
+}
+
+fn write_secret(path: &str, content: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode_0600()
+        .open(path)?;
+    f.write_all(content.as_bytes())
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn ssh_args() -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-i",
+        &format!("{SSH_DIR}/id"),
+        "-o",
+        &format!("UserKnownHostsFile={SSH_DIR}/known_hosts"),
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        &format!("ControlPath={SSH_DIR}/master"),
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ServerAliveInterval=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn do_setup(setup: &Setup) -> io::Result<()> {
+    fs::create_dir_all(SSH_DIR)?;
+    fs::set_permissions(SSH_DIR, fs::Permissions::from_mode(0o700))?;
+    let mut key = setup.client_key.clone();
+    if !key.ends_with('\n') {
+        key.push('\n');
+    }
+    write_secret(&format!("{SSH_DIR}/id"), &key)?;
+    write_secret(
+        &format!("{SSH_DIR}/known_hosts"),
+        &format!("{GUEST} {}\n", setup.guest_host_key.trim()),
+    )?;
+    set_smb_password(&setup.smb_password)?;
+    // Like the original's controller: wait until the guest's SSH port answers.
+    let addr: SocketAddr = format!("{GUEST}:22").parse().map_err(io::Error::other)?;
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(io::Error::other(
+                "the guest's SSH port did not open within 120 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The master connection lives on in the snapshot: a run opens a channel on it and
+    // pays no handshake.
+    let target = format!("{}@{GUEST}", setup.guest_user);
+    let mut args = ssh_args();
+    args.extend(
+        [
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            "ControlPersist=yes",
+            "-f",
+            "-N",
+            &target,
+        ]
+        .map(String::from),
+    );
+    let out = Command::new("/usr/bin/ssh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ssh to the guest failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut args = ssh_args();
+    args.extend([target, "sh -s".to_string()]);
+    let mut child = Command::new("/usr/bin/ssh")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(setup.guest_script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "the guest's setup script failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn set_smb_password(password: &str) -> io::Result<()> {
+    // Samba maps its users to Unix accounts; this one can do nothing but own the share.
+    let known = fs::read_to_string("/etc/passwd")?
+        .lines()
+        .any(|l| l.starts_with(&format!("{SMB_USER}:")));
+    if !known {
+        run_cmd(
+            "/usr/sbin/useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SMB_USER,
+            ],
+        )?;
+    }
+    let mut child = Command::new("/usr/bin/smbpasswd")
+        .args(["-c", SMB_CONF, "-s", "-a", SMB_USER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("{password}\n{password}\n").as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "smbpasswd failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// mount(2) directly: a run is on the critical path, and a mount(8) process costs a fork
+/// and an exec under emulation.
+fn mount_9p(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).map_err(io::Error::other);
+    let (source, target_c, fstype) = (c(tag)?, c(target)?, c("9p")?);
+    let data = c("trans=virtio,version=9p2000.L,msize=1048576,cache=none,access=any")?;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if readonly {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_clock(seconds: i64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: seconds as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall with a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn do_run(job: &Run, writer: &Writer) -> io::Result<i32> {
+    if let Some(t) = job.time {
+        set_clock(t)?;
+    }
+    for m in &job.mounts {
+        let target = format!("{SHARE_ROOT}/{}", m.tag);
+        mount_9p(&m.tag, &target, m.readonly)
+            .map_err(|e| io::Error::other(format!("mounting {}: {e}", m.tag)))?;
+    }
+    let mut args = ssh_args();
+    args.extend([
+        "-o".to_string(),
+        "ControlMaster=no".to_string(),
+        format!("root@{GUEST}"),
+        job.script.clone(),
+    ]);
+    let mut child = Command::new("/usr/bin/ssh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    send(writer, &Event::Started)?;
+    let pumps: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .zip([FrameKind::Stdout, FrameKind::Stderr])
+    .filter_map(|(stream, kind)| stream.map(|s| (s, kind)))
+    .map(|(mut stream, kind)| {
+        let writer = writer.clone();
+        std::thread::spawn(move || -> io::Result<()> {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let mut w = writer
+                    .lock()
+                    .map_err(|_| io::Error::other("writer poisoned"))?;
+                write_frame(&mut *w, kind, &buf[..n])
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+        })
+    })
+    .collect();
+    for pump in pumps {
+        pump.join()
+            .map_err(|_| io::Error::other("output pump panicked"))??;
+    }
+    let status = child.wait()?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    // As in the original: the exit code also lands in the exchange directory.
+    if job.mounts.iter().any(|m| m.tag == XCHG_TAG) {
+        fs::write(
+            format!("{SHARE_ROOT}/{XCHG_TAG}/in-vm-exit"),
+            format!("{code}\n"),
+        )?;
+    }
+    Ok(code)
 }

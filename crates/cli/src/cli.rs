@@ -17,8 +17,9 @@ pub struct Cli {
     /// Print nothing but errors (no progress).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More log output (-v info, -vv debug). GUESTBOX_LOG=filter overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More log output (--verbose info, twice debug). GUESTBOX_LOG=filter overrides.
+    /// (No short form: `-v` is `run --volume`, as in docker.)
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -30,20 +31,189 @@ pub enum Command {
     Images(ImagesArgs),
     /// Boot an image to its ready marker and shut it down (a health check).
     Boot(BootArgs),
-    /// Install and boot a guest once, then freeze it as a base [not implemented yet].
-    Bootstrap(Pending),
-    /// Run a command in a revived guest [not implemented yet].
-    Run(Pending),
-    /// List bases [not implemented yet].
-    Ls(Pending),
-    /// Show a base's manifest [not implemented yet].
-    Inspect(Pending),
-    /// Remove a base [not implemented yet].
-    Rm(Pending),
-    /// Remove unreferenced artifacts and stale runs [not implemented yet].
-    Gc(Pending),
+    /// Install and boot a guest once, then freeze it (running) as a base.
+    Bootstrap(BootstrapArgs),
+    /// Run a command in a revived guest; exits with the command's exit code.
+    Run(RunArgs),
+    /// List bases.
+    Ls(LsArgs),
+    /// Show a base's manifest.
+    Inspect(InspectArgs),
+    /// Remove bases (not while a run uses them).
+    Rm(RmArgs),
+    /// Remove half-made bases and images, and run directories of runs that died.
+    Gc,
     /// Open an interactive shell in a revived guest [not implemented yet].
     Shell(Pending),
+}
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Guest memory, e.g. 512M, 2G (plain numbers are MiB).
+    #[arg(long, default_value = "1G", value_parser = parse_size_mib)]
+    pub memory: u64,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// auto probes KVM (briefly, once per host boot) and falls back to TCG.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Guest profile: debian (built from Debian packages).
+    #[arg(long, default_value = "debian")]
+    pub profile: String,
+    /// A name for the base (bases are content-addressed; a name is an alias).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Seconds the guest may take to install and boot.
+    #[arg(long, default_value = "600", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Base to revive (name or id). Without it, the default Debian base (bootstrapped on
+    /// first use).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Share a host directory: HOST:GUEST or HOST:GUEST:ro. Up to 8.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    pub volumes: Vec<String>,
+    /// Set an environment variable in the guest.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Stop the command after this long (e.g. 30s, 5m) and exit 124.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Boot the base's disks from scratch instead of reviving its snapshot.
+    #[arg(long)]
+    pub cold: bool,
+    /// Leave the guest's clock where the snapshot froze it (default: set it to host time).
+    #[arg(long)]
+    pub keep_snapshot_time: bool,
+    /// Host directory for the exchange files (in-vm-exit), as in the original's xchg.
+    #[arg(long, value_name = "DIR")]
+    pub xchg: Option<std::path::PathBuf>,
+    /// Print how long each stage took, to stderr.
+    #[arg(long)]
+    pub timings: bool,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    pub base: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required = true)]
+    pub bases: Vec<String>,
+}
+
+/// `512M`, `2G`, `1.5G`, `1024` (MiB).
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'M' | 'm')) => (&t[..i], 1.0),
+        Some((i, 'G' | 'g')) => (&t[..i], 1024.0),
+        Some((i, 'T' | 't')) => (&t[..i], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let num = num.strip_suffix("i").unwrap_or(num);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{s:?} is not a positive size"));
+    }
+    Ok((v * mult).round() as u64)
+}
+
+/// `90`, `90s`, `1.5s`, `5m`, `2h`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{s:?} is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("2G"), Ok(2048));
+        assert_eq!(parse_size_mib("1.5GiB".trim_end_matches('B')), Ok(1536));
+        assert_eq!(parse_size_mib("300"), Ok(300));
+        assert!(parse_size_mib("lots").is_err());
+        assert!(parse_size_mib("-1G").is_err());
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0").is_err());
+    }
 }
 
 #[derive(Debug, Args)]

@@ -3,12 +3,16 @@
 use std::time::{Duration, Instant};
 
 use guestbox::accel::{self, AccelChoice};
+use guestbox::bootstrap::{bootstrap, BootstrapOptions};
 use guestbox::images::{self, DebianSource, GuestRecipe};
 use guestbox::paths::Dirs;
+use guestbox::profile::Profile;
 use guestbox::progress::{Mode, Progress};
+use guestbox::run::{parse_env, RunOptions, Volume};
+use guestbox::store::{Base, Store};
 use guestbox::{boot_image, hostcheck, Error, Result};
 
-use crate::cli::{BootArgs, Cli, Command, ImageArgs, Which};
+use crate::cli::{BootArgs, BootstrapArgs, Cli, Command, ImageArgs, RunArgs, VmArgs, Which};
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     let progress = Progress::new(if cli.quiet { Mode::Quiet } else { Mode::Normal });
@@ -21,21 +25,189 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Boot(args) => boot(args, &progress).await,
-        Command::Bootstrap(_) => pending("bootstrap", 3),
-        Command::Run(_) => pending("run", 4),
-        Command::Ls(_) => pending("ls", 3),
-        Command::Inspect(_) => pending("inspect", 3),
-        Command::Rm(_) => pending("rm", 3),
-        Command::Gc(_) => pending("gc", 3),
-        Command::Shell(_) => pending("shell", 4),
+        Command::Bootstrap(args) => {
+            let base = bootstrap(&Dirs::from_env()?, &bootstrap_options(&args)?, &progress).await?;
+            println!("{}", base.manifest.id);
+            Ok(0)
+        }
+        Command::Run(args) => run(args, &progress).await,
+        Command::Ls(args) => ls(args.json),
+        Command::Inspect(args) => {
+            let base = store()?.resolve(&args.base)?;
+            let mut json = serde_json::to_value(&base.manifest).map_err(|e| Error::Other(e.to_string()))?;
+            json["names"] = serde_json::json!(base.names);
+            json["path"] = serde_json::json!(base.dir);
+            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| Error::Other(e.to_string()))?);
+            Ok(0)
+        }
+        Command::Rm(args) => {
+            let store = store()?;
+            for what in &args.bases {
+                let base = store.resolve(what)?;
+                store.remove(&base)?;
+                println!("removed {}", base.manifest.id);
+            }
+            Ok(0)
+        }
+        Command::Gc => {
+            let report = guestbox::gc::collect(&Dirs::from_env()?)?;
+            for line in &report.removed {
+                println!("removed {line}");
+            }
+            println!("gc: {} removed, {} MiB freed", report.removed.len(), report.bytes >> 20);
+            Ok(0)
+        }
+        Command::Shell(_) => Err(Error::Usage(
+            "`guestbox shell` is not implemented yet (tracked in issue #4); use `guestbox run -- CMD`".into(),
+        )),
     }
 }
 
-fn pending(name: &str, issue: u32) -> Result<i32> {
-    Err(Error::Usage(format!(
-        "`guestbox {name}` is not implemented yet (tracked in issue #{issue}); \
-         what works today: `guestbox images`, `guestbox boot guest|controller`"
-    )))
+fn store() -> Result<Store> {
+    Ok(Store::new(&Dirs::from_env()?))
+}
+
+fn profile_from(name: &str, image: &ImageArgs) -> Result<Profile> {
+    match name {
+        "debian" => Ok(Profile::Debian(GuestRecipe::new(image.packages.clone()))),
+        "windows" | "windows-xp" => Err(Error::Usage(format!(
+            "--profile {name}: Windows bootstrap is not wired up yet (install media generation exists; see the README)"
+        ))),
+        other => Err(Error::Usage(format!("--profile {other:?}: expected debian, windows or windows-xp"))),
+    }
+}
+
+fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
+    Ok(BootstrapOptions {
+        profile: profile_from(&args.profile, &args.image)?,
+        name: args.name.clone(),
+        memory_mib: args.vm.memory,
+        cpus: args.vm.cpus,
+        accel: args.vm.accel.parse()?,
+        timeout: args.timeout,
+    })
+}
+
+/// The name the default Debian base gets, so later runs find it without re-deriving it.
+const DEFAULT_BASE: &str = "default";
+
+async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Result<Base> {
+    let store = store()?;
+    let plain =
+        image.packages.is_empty() && vm.memory == 1024 && vm.cpus == 1 && vm.accel == "auto";
+    if plain {
+        if let Ok(base) = store.resolve(DEFAULT_BASE) {
+            return Ok(base);
+        }
+        progress.note(
+            "no default base yet: bootstrapping the Debian guest once (later runs revive it)",
+        );
+    }
+    let opts = BootstrapOptions {
+        profile: Profile::Debian(GuestRecipe::new(image.packages.clone())),
+        name: plain.then(|| DEFAULT_BASE.to_string()),
+        memory_mib: vm.memory,
+        cpus: vm.cpus,
+        accel: vm.accel.parse()?,
+        timeout: Duration::from_secs(600),
+    };
+    bootstrap(&Dirs::from_env()?, &opts, progress).await
+}
+
+async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| v.parse::<Volume>())
+        .collect::<Result<Vec<_>>>()?;
+    let env = args
+        .env
+        .iter()
+        .map(|e| parse_env(e))
+        .collect::<Result<Vec<_>>>()?;
+    if args.command.is_empty() {
+        return Err(Error::Usage(
+            "no command given: guestbox run [OPTIONS] -- COMMAND [ARGS...]".into(),
+        ));
+    }
+    let base = match &args.base {
+        Some(b) => store()?.resolve(b)?,
+        None => default_base(&args.image, &args.vm, progress).await?,
+    };
+    let opts = RunOptions {
+        volumes,
+        env,
+        workdir: args.workdir.clone(),
+        argv: args.command.clone(),
+        timeout: args.timeout,
+        keep_snapshot_time: args.keep_snapshot_time,
+        cold: args.cold,
+        xchg: args.xchg.clone(),
+        boot_timeout: Duration::from_secs(600),
+    };
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let outcome = guestbox::run::run(&store()?, &base, &opts, &mut stdout, &mut stderr).await?;
+    if args.timings {
+        let t = &outcome.timings;
+        eprintln!(
+            "guestbox: revive {:.3} s, controller ready {:.3} s, command started {:.3} s, done {:.3} s",
+            t.revive.as_secs_f64(),
+            t.controller_ready.as_secs_f64(),
+            t.command_started.as_secs_f64(),
+            t.command_done.as_secs_f64()
+        );
+    }
+    Ok(outcome.exit_code)
+}
+
+fn ls(json: bool) -> Result<i32> {
+    let bases = store()?.list()?;
+    if json {
+        let rows: Vec<_> = bases
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.manifest.id,
+                    "names": b.names,
+                    "profile": b.manifest.profile,
+                    "created": b.manifest.created,
+                    "memory_mib": b.manifest.pair.guest_memory_mib,
+                    "cpus": b.manifest.pair.guest_cpus,
+                    "accel": b.manifest.pair.accel,
+                    "disk_bytes": b.disk_usage(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| Error::Other(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  CREATED",
+        "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK"
+    );
+    for b in &bases {
+        let m = &b.manifest;
+        println!(
+            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {}",
+            &m.id[..12.min(m.id.len())],
+            if b.names.is_empty() {
+                "-".to_string()
+            } else {
+                b.names.join(",")
+            },
+            m.profile,
+            m.pair.guest_memory_mib,
+            m.pair.guest_cpus,
+            m.pair.accel.qemu_name(),
+            b.disk_usage() >> 20,
+            m.created
+        );
+    }
+    Ok(0)
 }
 
 async fn images(args: &ImageArgs, progress: &Progress) -> Result<images::Images> {

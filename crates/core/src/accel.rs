@@ -5,7 +5,7 @@
 //! a short timeout, once per host boot, QEMU and kernel, and remembers the answer.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -186,7 +186,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         ports: vec![],
         shares: vec![],
         console_log: dir.path().join("console.log"),
-        qmp_socket: PathBuf::from(dir.path().join("qmp.sock")),
+        qmp_socket: dir.path().join("qmp.sock"),
         rtc: Rtc::default(),
         incoming: false,
     };

@@ -8,14 +8,21 @@
 pub mod accel;
 pub mod boot;
 pub mod boot_image;
+pub mod bootstrap;
 pub mod control;
 pub mod error;
+pub mod gc;
 pub mod hostcheck;
 pub mod images;
+pub mod pair;
 pub mod paths;
 pub mod process;
+pub mod profile;
 pub mod progress;
 pub mod qemu_info;
+pub mod run;
+pub mod snapshot;
+pub mod store;
 pub mod vm;
 
 /// The controller's agent, a static executable built by build.rs.

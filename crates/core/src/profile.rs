@@ -1,0 +1,203 @@
+//! Guest profiles: what the guest is and how the controller talks to it. The Debian guest
+//! is the default; Windows profiles build on the same controller, SMB and SSH path.
+
+use serde::{Deserialize, Serialize};
+
+use crate::images::GuestRecipe;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "profile", rename_all = "kebab-case")]
+pub enum Profile {
+    Debian(GuestRecipe),
+}
+
+/// Where the guest mounts the controller's share root at bootstrap; every run's
+/// directories appear under it.
+pub const GUEST_SHARE_ROOT: &str = "/run/guestbox/share";
+
+/// A directory of the host as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    /// The 9p tag (= the subdirectory of the share root).
+    pub tag: String,
+    pub guest_path: String,
+    pub readonly: bool,
+}
+
+/// What to run, as the guest will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestJob {
+    /// Host time to set in the guest first (seconds since the epoch); None keeps the
+    /// snapshot's clock.
+    pub time: Option<i64>,
+    pub mounts: Vec<GuestMount>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub argv: Vec<String>,
+}
+
+impl Profile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Profile::Debian(_) => "debian",
+        }
+    }
+
+    pub fn guest_user(&self) -> &'static str {
+        "root"
+    }
+
+    /// Run once at bootstrap (over SSH, on stdin): mount the controller's share root.
+    pub fn guest_setup_script(&self, smb_password: &str) -> String {
+        match self {
+            Profile::Debian(_) => format!(
+                "set -e
+umask 077
+mkdir -p {root}
+cat > /run/guestbox/smb.cred <<'GUESTBOX_EOF'
+username={user}
+password={smb_password}
+GUESTBOX_EOF
+# actimeo=0: the directories behind the share change between snapshot and revive.
+mount -t cifs //192.168.0.2/{share} {root} -o credentials=/run/guestbox/smb.cred,vers=3.1.1,uid=0,gid=0,noperm,actimeo=0,nobrl || {{ dmesg | tail -n 15 >&2; exit 32; }}
+",
+                root = GUEST_SHARE_ROOT,
+                user = agent::SMB_USER,
+                share = agent::SMB_SHARE,
+            ),
+        }
+    }
+
+    /// The remote command line for one job: bind each share at its path, then exec the
+    /// command with its environment in its working directory.
+    pub fn run_script(&self, job: &GuestJob) -> String {
+        match self {
+            Profile::Debian(_) => {
+                let mut s = String::from("set -e; ");
+                if let Some(t) = job.time {
+                    s.push_str(&format!("date -s @{t} >/dev/null; "));
+                }
+                for m in &job.mounts {
+                    let src = format!("{GUEST_SHARE_ROOT}/{}", m.tag);
+                    let dst = sh_quote(&m.guest_path);
+                    s.push_str(&format!("mkdir -p {dst}; mount --bind {src} {dst}; "));
+                    if m.readonly {
+                        s.push_str(&format!("mount -o remount,bind,ro {dst}; "));
+                    }
+                }
+                if let Some(dir) = &job.workdir {
+                    s.push_str(&format!("cd {}; ", sh_quote(dir)));
+                }
+                // `env -- NAME=VALUE... COMMAND`: the `--` ends env's options, so neither a
+                // value nor the command can be taken for one.
+                s.push_str("exec env --");
+                for (k, v) in &job.env {
+                    s.push(' ');
+                    s.push_str(&sh_quote(&format!("{k}={v}")));
+                }
+                for a in &job.argv {
+                    s.push(' ');
+                    s.push_str(&sh_quote(a));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Quotes a word for a POSIX shell: `'...'` with each `'` written as `'\''`.
+pub fn sh_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
+    {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell_words(script: &str) -> Vec<String> {
+        // Let a real shell split it: print each word of `set -- <words>` on its own line.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("set -- {script}; for w; do printf '%s\\0' \"$w\"; done"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn quoting_survives_a_real_shell() {
+        let words = [
+            "plain",
+            "two words",
+            "it's",
+            "$HOME",
+            "`x`",
+            "a\"b",
+            "back\\slash",
+            "*",
+            "",
+            "new\nline",
+        ];
+        let script: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+        let back = shell_words(&script.join(" "));
+        let expected: Vec<&str> = words.iter().copied().filter(|w| !w.is_empty()).collect();
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn run_script_binds_mounts_then_execs() {
+        let p = Profile::Debian(GuestRecipe::new(vec![]));
+        let job = GuestJob {
+            time: None,
+            mounts: vec![
+                GuestMount {
+                    tag: "vol0".into(),
+                    guest_path: "/src dir".into(),
+                    readonly: true,
+                },
+                GuestMount {
+                    tag: "vol1".into(),
+                    guest_path: "/out".into(),
+                    readonly: false,
+                },
+            ],
+            env: vec![("A".into(), "x y".into())],
+            workdir: Some("/src dir".into()),
+            argv: vec!["sh".into(), "-c".into(), "echo $A".into()],
+        };
+        let s = p.run_script(&job);
+        assert_eq!(
+            s,
+            "set -e; mkdir -p '/src dir'; mount --bind /run/guestbox/share/vol0 '/src dir'; \
+             mount -o remount,bind,ro '/src dir'; mkdir -p /out; mount --bind /run/guestbox/share/vol1 /out; \
+             cd '/src dir'; exec env -- 'A=x y' sh -c 'echo $A'"
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &s])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let setup = p.guest_setup_script("0123abcd");
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &setup])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(setup.contains("password=0123abcd"));
+    }
+}

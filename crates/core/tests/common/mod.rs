@@ -73,3 +73,63 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
     }
     out
 }
+
+/// The default Debian base (1 GiB, TCG), bootstrapped once per test run.
+pub fn base() -> &'static guestbox::store::Base {
+    static BASE: OnceLock<guestbox::store::Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        images();
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let opts = guestbox::bootstrap::BootstrapOptions {
+                profile: guestbox::profile::Profile::Debian(GuestRecipe::new(vec![])),
+                name: Some("test-default".into()),
+                memory_mib: 1024,
+                cpus: 1,
+                accel: guestbox::accel::AccelChoice::Tcg,
+                timeout: std::time::Duration::from_secs(300),
+            };
+            rt.block_on(guestbox::bootstrap::bootstrap(
+                &dirs(),
+                &opts,
+                &Progress::quiet(),
+            ))
+            .unwrap_or_else(|e| panic!("bootstrapping the test base failed: {e}"))
+        })
+        .join()
+        .expect("bootstrap thread")
+    })
+}
+
+pub fn store() -> guestbox::store::Store {
+    guestbox::store::Store::new(&dirs())
+}
+
+pub struct RunResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `opts` on the test base, capturing output.
+pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult> {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = guestbox::run::run(&store(), base(), &opts, &mut out, &mut err).await?;
+    Ok(RunResult {
+        code: outcome.exit_code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    })
+}
+
+pub fn cmd(argv: &[&str]) -> guestbox::run::RunOptions {
+    guestbox::run::RunOptions {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        boot_timeout: std::time::Duration::from_secs(300),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,271 @@
+//! `guestbox run` end to end on the default Debian base under TCG: the revived pair,
+//! the controller, SMB and SSH. One base is bootstrapped for the whole file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cmd, run};
+use guestbox::run::{RunOptions, Volume};
+use guestbox::store::files;
+
+#[tokio::test]
+async fn exit_codes_are_the_commands() {
+    for (script, expected) in [("exit 0", 0), ("exit 1", 1), ("exit 7", 7)] {
+        let r = run(cmd(&["sh", "-c", script])).await.unwrap();
+        assert_eq!(r.code, expected, "{script}: stderr {}", r.stderr);
+    }
+    let r = run(cmd(&["no-such-command-here"])).await.unwrap();
+    assert_eq!(r.code, 127, "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("no-such-command-here"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_stay_apart() {
+    let r = run(cmd(&[
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; echo more-out",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0);
+    assert_eq!(r.stdout, "to-out\nmore-out\n");
+    assert_eq!(r.stderr, "to-err\n");
+}
+
+#[tokio::test]
+async fn env_workdir_and_arguments_arrive_intact() {
+    let mut o = cmd(&[
+        "sh",
+        "-c",
+        "pwd; printf '%s|' \"$GREETING\" \"$1\" \"$2\"",
+        "sh",
+        "it's a $test",
+        "*",
+    ]);
+    o.env = vec![("GREETING".into(), "hello world; $(rm -rf /)".into())];
+    o.workdir = Some("/usr/share".into());
+    let r = run(o).await.unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "/usr/share\nhello world; $(rm -rf /)|it's a $test|*|"
+    );
+}
+
+#[tokio::test]
+async fn shares_bring_inputs_in_and_outputs_out_and_read_only_refuses_writes() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("input.txt"), "from the host\n").unwrap();
+    let mut o = cmd(&[
+        "sh",
+        "-c",
+        "cat /src/input.txt; tr a-z A-Z < /src/input.txt > /out/result.txt; mkdir -p /out/sub; echo deep > /out/sub/f; \
+         if touch /src/forbidden 2>/dev/null; then echo WROTE-RO; exit 3; fi",
+    ]);
+    o.volumes = vec![
+        Volume {
+            host: src.path().into(),
+            guest: "/src".into(),
+            readonly: true,
+        },
+        Volume {
+            host: out.path().into(),
+            guest: "/out".into(),
+            readonly: false,
+        },
+    ];
+    let xchg = tempfile::tempdir().unwrap();
+    o.xchg = Some(xchg.path().into());
+    let r = run(o).await.unwrap();
+    assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("result.txt")).unwrap(),
+        "FROM THE HOST\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("sub/f")).unwrap(),
+        "deep\n"
+    );
+    assert!(!src.path().join("forbidden").exists());
+    assert_eq!(
+        std::fs::read_to_string(xchg.path().join("in-vm-exit")).unwrap(),
+        "0\n"
+    );
+}
+
+#[tokio::test]
+async fn timeout_stops_the_run_with_124() {
+    let mut o = cmd(&["sleep", "600"]);
+    o.timeout = Some(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let r = run(o).await.unwrap();
+    assert_eq!(r.code, 124);
+    assert!(
+        r.stderr.contains("did not finish within 3 s"),
+        "{}",
+        r.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn guest_clock_is_host_time_unless_kept() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let r = run(cmd(&["date", "+%s"])).await.unwrap();
+    let guest: i64 = r.stdout.trim().parse().unwrap();
+    assert!((guest - now).abs() < 60, "guest {guest} host {now}");
+    let mut o = cmd(&["date", "+%Y"]);
+    o.keep_snapshot_time = true;
+    let r = run(o).await.unwrap();
+    // The snapshot's clock started at the fixed RTC base (2010) at the guest's cold boot.
+    assert_eq!(r.stdout.trim(), "2010");
+}
+
+#[tokio::test]
+async fn guest_reaches_the_controller_and_nothing_else() {
+    let script = "ip route; \
+        bash -c 'exec 3<>/dev/tcp/192.168.0.2/445' && echo SMB-OK; \
+        bash -c 'exec 3<>/dev/tcp/10.0.2.2/80' 2>/dev/null && echo SLIRP-REACHED; \
+        bash -c 'exec 3<>/dev/tcp/127.0.0.1/445' 2>/dev/null && echo LOCAL-445; \
+        ip -o link | grep -c 'link/ether'";
+    let r = run(cmd(&["sh", "-c", script])).await.unwrap();
+    assert!(r.stdout.contains("SMB-OK"), "{} {}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("SLIRP-REACHED"));
+    assert!(!r.stdout.contains("LOCAL-445"));
+    assert!(
+        !r.stdout.contains("default"),
+        "a default route exists: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("192.168.0.0/24 dev eth0"), "{}", r.stdout);
+    // Exactly one Ethernet interface: the private link.
+    assert!(r.stdout.trim_end().ends_with('1'), "{}", r.stdout);
+}
+
+#[tokio::test]
+async fn two_runs_in_parallel_from_one_base_do_not_mix() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let job = |dir: &std::path::Path, word: &str| {
+        let mut o = cmd(&[
+            "sh",
+            "-c",
+            &format!("echo {word} > /out/who; sleep 1; cat /out/who"),
+        ]);
+        o.volumes = vec![Volume {
+            host: dir.into(),
+            guest: "/out".into(),
+            readonly: false,
+        }];
+        o
+    };
+    let (ra, rb) = tokio::join!(run(job(a.path(), "alpha")), run(job(b.path(), "beta")));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.code, rb.code), (0, 0), "{} {}", ra.stderr, rb.stderr);
+    assert_eq!(ra.stdout, "alpha\n");
+    assert_eq!(rb.stdout, "beta\n");
+    assert_eq!(
+        std::fs::read_to_string(a.path().join("who")).unwrap(),
+        "alpha\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("who")).unwrap(),
+        "beta\n"
+    );
+}
+
+#[tokio::test]
+async fn a_run_changes_nothing_in_the_base() {
+    let base = common::base();
+    let before: Vec<_> = files::ALL
+        .iter()
+        .map(|f| guestbox::store::checksum(&base.file(f)).unwrap())
+        .collect();
+    for (name, sum) in files::ALL.iter().zip(&before) {
+        assert_eq!(
+            &base.manifest.files[*name], sum,
+            "{name} differs from the manifest"
+        );
+    }
+    let r = run(cmd(&["sh", "-c", "dd if=/dev/urandom of=/root/junk bs=1M count=8 2>/dev/null; rm -rf /usr/share/zoneinfo; sync"]))
+        .await
+        .unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let after: Vec<_> = files::ALL
+        .iter()
+        .map(|f| guestbox::store::checksum(&base.file(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    // And the next run sees the pristine guest.
+    let r = run(cmd(&[
+        "sh",
+        "-c",
+        "test -d /usr/share/zoneinfo && test ! -e /root/junk && echo pristine",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.stdout, "pristine\n");
+}
+
+#[tokio::test]
+async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
+    let mut base = common::base().clone();
+    base.manifest.qemu_version = (1, 2, 3);
+    let qemu = common::qemu();
+    let err = guestbox::run::check_compatible(&base, &qemu)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("QEMU 1.2.3"), "{err}");
+    let mut base = common::base().clone();
+    base.manifest.pair.machine = "pc-q35-0.1".into();
+    let err = guestbox::run::check_compatible(&base, &qemu)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("pc-q35-0.1"), "{err}");
+    let mut base = common::base().clone();
+    base.manifest
+        .files
+        .get_mut(files::GUEST_STATE)
+        .unwrap()
+        .size += 1;
+    let err = guestbox::run::check_compatible(&base, &qemu)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("guest.state"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_volumes_are_refused_clearly() {
+    let mut o: RunOptions = cmd(&["true"]);
+    o.volumes = vec![Volume {
+        host: "/no/such/dir".into(),
+        guest: "/x".into(),
+        readonly: false,
+    }];
+    let err = run(o)
+        .await
+        .err()
+        .expect("a missing host directory must fail");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    let mut o = cmd(&["true"]);
+    o.workdir = Some("relative".into());
+    assert_eq!(run(o).await.err().expect("relative workdir").exit_code(), 2);
+}
+
+#[tokio::test]
+async fn cold_boot_of_the_base_runs_the_same_way() {
+    let mut o = cmd(&["sh", "-c", "echo cold; exit 5"]);
+    o.cold = true;
+    let r = run(o).await.unwrap();
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert_eq!(r.stdout, "cold\n");
+}

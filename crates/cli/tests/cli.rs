@@ -1,0 +1,330 @@
+//! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn guestbox() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_guestbox"));
+    c.env("GUESTBOX_HOME", test_home())
+        .env_remove("GUESTBOX_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Shared with guestbox-core's tests: images and the default base are built once.
+fn test_home() -> PathBuf {
+    std::env::var_os("GUESTBOX_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/guestbox-test-home"
+            ))
+        })
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_and_version() {
+    let o = guestbox().arg("--help").output().unwrap();
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    for word in ["bootstrap", "run", "ls", "inspect", "rm", "gc", "shell"] {
+        assert!(out.contains(word), "--help lacks {word}: {out}");
+    }
+    let o = guestbox().arg("--version").output().unwrap();
+    assert!(text(&o).0.starts_with("guestbox "));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["shell"], "not implemented yet"),
+        (
+            &["run", "--base", "no-such-base-anywhere", "--", "true"],
+            "no base named",
+        ),
+        (
+            &["run", "-e", "1BAD=x", "--", "true"],
+            "not a valid variable name",
+        ),
+        (
+            &["run", "-v", "/tmp:relative", "--", "true"],
+            "must be absolute",
+        ),
+        (&["run", "--"], "no command given"),
+        (&["bootstrap", "--profile", "beos"], "expected debian"),
+        (&["bootstrap", "--memory", "lots"], "not a size"),
+        (&["bootstrap", "--name", "../x"], "not a valid base name"),
+        (&["inspect", "no-such-base-anywhere"], "no base named"),
+    ];
+    for (args, needle) in cases {
+        let o = guestbox().args(*args).output().unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_host_program_is_named_with_its_package() {
+    let empty = tempfile::tempdir().unwrap();
+    let o = guestbox()
+        .env("PATH", empty.path())
+        .args(["images"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("apt-get install"), "{err}");
+}
+
+/// PIDs of processes whose command line mentions `needle`.
+fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn run_dirs(home: &Path) -> Vec<String> {
+    std::fs::read_dir(home.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("run-"))
+        .collect()
+}
+
+#[test]
+fn the_default_base_runs_commands_and_sigint_cleans_up() {
+    // First use bootstraps the default base (or finds it): a real run end to end.
+    let o = guestbox()
+        .args(["run", "--", "sh", "-c", "echo hi; exit 3"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(out, "hi\n");
+
+    let o = guestbox()
+        .args(["run", "--timeout", "2s", "--", "sleep", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o).1);
+
+    let home = test_home();
+    let before = run_dirs(&home);
+    let mut child = guestbox()
+        .args(["run", "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until its run directory and QEMUs exist.
+    let started = Instant::now();
+    let run_dir = loop {
+        let new: Vec<_> = run_dirs(&home)
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
+        if let Some(d) = new.first() {
+            let qemus = pids_matching(d);
+            if qemus.len() >= 2 {
+                break d.clone();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let qemus = pids_matching(&run_dir);
+    assert!(
+        qemus.len() >= 2,
+        "expected guest and controller QEMUs, found {qemus:?}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<_> = qemus
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "QEMU processes {left:?} outlived the interrupted run"
+    );
+    assert!(
+        !home.join("runs").join(&run_dir).exists(),
+        "run directory {run_dir} was left behind"
+    );
+}
+
+#[test]
+fn ls_and_inspect_show_the_base() {
+    // Make sure the default base exists (cheap when it does).
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = guestbox().args(["ls", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let default = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "default")
+        })
+        .expect("ls lists the default base");
+    let id = default["id"].as_str().unwrap();
+    let o = guestbox().args(["inspect", &id[..10]]).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["id"], id);
+    assert_eq!(m["profile"], "debian");
+    assert!(m["pair"]["machine"]
+        .as_str()
+        .unwrap()
+        .starts_with("pc-q35-"));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("smb_password"),
+        "inspect leaks secrets"
+    );
+    let o = guestbox().args(["ls"]).output().unwrap();
+    assert!(text(&o).0.contains(&id[..12]));
+}
+
+#[test]
+fn an_interrupted_image_build_leaves_nothing_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let images = home.path().join("cache/images");
+    let child = Command::new(env!("CARGO_BIN_EXE_guestbox"))
+        .env("GUESTBOX_HOME", home.path())
+        .args(["images"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a build directory exists and mmdebstrap is working in it.
+    let started = Instant::now();
+    let tmp = loop {
+        let found = std::fs::read_dir(&images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+            });
+        if let Some(t) = found {
+            if !pids_matching(&t.to_string_lossy()).is_empty() {
+                break t;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no image build started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!tmp.exists(), "{} was left behind", tmp.display());
+    let left = pids_matching(&tmp.to_string_lossy());
+    assert!(
+        left.is_empty(),
+        "build processes {left:?} outlived guestbox"
+    );
+    let registered: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(
+        registered.is_empty(),
+        "half-made artifacts registered: {registered:?}"
+    );
+}
+
+#[test]
+fn forcing_kvm_where_it_cannot_run_guests_fails_clearly_and_auto_falls_back() {
+    // `auto` must settle on an accelerator that boots (TCG here, KVM where it works).
+    let o = guestbox()
+        .args(["boot", "guest", "--accel", "auto", "--timeout", "300"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("guest ready in"), "{out}");
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let o = guestbox()
+        .args(["boot", "guest", "--accel", "kvm", "--timeout", "20"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    if out.contains("ready in") {
+        assert!(kvm_usable);
+        assert!(out.contains("(kvm)"), "{out}");
+    } else if kvm_usable {
+        // A KVM that aborts or hangs the guest: a clear error, not a hang.
+        assert_eq!(o.status.code(), Some(125), "{err}");
+        assert!(
+            err.contains("stopped before it was ready") || err.contains("did not become ready"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("/dev/kvm"), "{err}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Bases: content-addressed, built once under concurrency, atomic, sealed, removable only
+//! when unused.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use guestbox::accel::AccelChoice;
+use guestbox::bootstrap::{bootstrap, BootstrapOptions};
+use guestbox::images::GuestRecipe;
+use guestbox::profile::Profile;
+use guestbox::progress::Progress;
+use guestbox::store::{files, Store};
+
+fn options(memory_mib: u64, timeout: Duration) -> BootstrapOptions {
+    BootstrapOptions {
+        profile: Profile::Debian(GuestRecipe::new(vec![])),
+        name: None,
+        memory_mib,
+        cpus: 1,
+        accel: AccelChoice::Tcg,
+        timeout,
+    }
+}
+
+/// Half-made or half-removed bases that nobody is working on (tests run concurrently:
+/// another test's bootstrap in progress holds its lock and is not a leftover).
+fn leftovers(store: &Store) -> Vec<String> {
+    std::fs::read_dir(&store.bases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            let Some(rest) = n.strip_prefix(".tmp-").or_else(|| n.strip_prefix(".rm-")) else {
+                return false;
+            };
+            let id = rest.split('-').next().unwrap_or_default();
+            let lock = std::fs::File::open(store.bases.join(format!(".{id}.lock")));
+            lock.map(|f| f.try_lock().is_ok()).unwrap_or(true)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_unused() {
+    common::images();
+    let dirs = common::dirs();
+    let store = Store::new(&dirs);
+    let opts = options(768, Duration::from_secs(300));
+    let quiet = Progress::quiet();
+    let (a, b) = tokio::join!(
+        bootstrap(&dirs, &opts, &quiet),
+        bootstrap(&dirs, &opts, &quiet)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Had both built it, the second rename onto the finished base would have failed.
+    assert_eq!(a.manifest.id, b.manifest.id);
+    assert_eq!(a.manifest.created, b.manifest.created);
+    assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+
+    // The snapshot holds device state only; RAM is in its own file.
+    let m = &a.manifest;
+    assert!(
+        m.files[files::GUEST_STATE].size < 4 << 20,
+        "guest state {} bytes",
+        m.files[files::GUEST_STATE].size
+    );
+    assert_eq!(m.files[files::GUEST_RAM].size, 768 << 20);
+    assert_eq!(m.pair.guest_memory_mib, 768);
+    assert!(m.pair.machine.starts_with("pc-q35-"), "{}", m.pair.machine);
+    assert!(m.guest_packages.contains_key("openssh-server"));
+    for name in [
+        files::GUEST_DISK,
+        files::GUEST_STATE,
+        files::CONTROLLER_STATE,
+        files::KERNEL,
+    ] {
+        let mode = std::fs::metadata(a.file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o444, "{name} is not sealed read-only");
+    }
+    let secrets = std::fs::metadata(a.dir.join(guestbox::store::SECRETS))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(secrets, 0o400);
+    let manifest_text = std::fs::read_to_string(a.dir.join(guestbox::store::MANIFEST)).unwrap();
+    let secret_values = a.secrets().unwrap();
+    assert!(!manifest_text.contains(&secret_values.smb_password));
+
+    // A run holds the base; rm must refuse until it is over.
+    let store2 = store.clone();
+    let base = a.clone();
+    let running = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        guestbox::run::run(
+            &store2,
+            &base,
+            &common::cmd(&["sleep", "4"]),
+            &mut out,
+            &mut err,
+        )
+        .await
+    });
+    let mut refused = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match store.remove(&a) {
+            Err(e) => {
+                assert!(e.to_string().contains("in use"), "{e}");
+                refused = true;
+                break;
+            }
+            Ok(()) => panic!("rm removed a base while a run was starting or running"),
+        }
+    }
+    assert!(refused);
+    let outcome = running.await.unwrap().unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    store.remove(&a).unwrap();
+    assert!(!a.dir.exists());
+    assert!(store.resolve(&a.manifest.id).is_err());
+    assert!(leftovers(&store).is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_bootstrap_registers_nothing() {
+    common::images();
+    let dirs = common::dirs();
+    let store = Store::new(&dirs);
+    // Nothing boots to ready in one second under emulation.
+    let err = bootstrap(
+        &dirs,
+        &options(640, Duration::from_secs(1)),
+        &Progress::quiet(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("did not become ready within 1 s"),
+        "{err}"
+    );
+    assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+    for base in store.list().unwrap() {
+        assert_ne!(
+            base.manifest.pair.guest_memory_mib, 640,
+            "a failed bootstrap was registered"
+        );
+    }
+    // This test's QEMUs are the only ones with 640 MiB of RAM.
+    let busy: Vec<_> = common::pids_matching("size=640M")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(busy.is_empty(), "processes left: {busy:?}");
+}

@@ -108,19 +108,15 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
         )
         .await
     });
-    let mut refused = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        match store.remove(&a) {
-            Err(e) => {
-                assert!(e.to_string().contains("in use"), "{e}");
-                refused = true;
-                break;
-            }
-            Ok(()) => panic!("rm removed a base while a run was starting or running"),
-        }
+    // Once its QEMUs (the only ones with 768 MiB) run, the run holds the base.
+    let started = std::time::Instant::now();
+    while common::pids_matching("size=768M").len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(refused);
+    let err = store.remove(&a).expect_err("rm removed a base while a run used it");
+    assert!(err.to_string().contains("in use"), "{err}");
+    assert_eq!(err.exit_code(), 2);
     let outcome = running.await.unwrap().unwrap();
     assert_eq!(outcome.exit_code, 0);
     store.remove(&a).unwrap();

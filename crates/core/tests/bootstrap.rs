@@ -108,10 +108,13 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
         )
         .await
     });
-    // Once its QEMUs (the only ones with 768 MiB) run, the run holds the base.
+    // Once its guest QEMU (the only one with 768 MiB) runs, the run holds the base.
     let started = std::time::Instant::now();
-    while common::pids_matching("size=768M").len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the run did not start");
+    while common::pids_matching("size=768M").is_empty() {
+        if running.is_finished() {
+            panic!("the run ended early: {:?}", running.await);
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the run did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let err = store.remove(&a).expect_err("rm removed a base while a run used it");

@@ -10,7 +10,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::boot::Vm;
 use crate::boot_image::create_overlay;
-use crate::bootstrap::{idle_shares, ram_needs_write_access, setup_pair, socket_dir, start_pair};
+use crate::bootstrap::{
+    idle_shares, ram_needs_write_access, setup_pair, socket_dir, start_pair, RunDir,
+};
 use crate::control::Control;
 use crate::pair::{ControllerShare, PairFiles, PairSockets, RamMode};
 use crate::profile::{GuestJob, GuestMount, Profile};
@@ -242,7 +244,6 @@ where
     let _hold = base.lock_shared()?;
     let started = Instant::now();
     let run_dir = socket_dir(store, "run-")?;
-    let sockets = PairSockets::new(run_dir.path())?;
     let xchg_tmp;
     let xchg = match &opts.xchg {
         Some(dir) => dir.clone(),
@@ -281,65 +282,17 @@ where
             readonly: v.readonly,
         });
     }
-    let overlays = PairFiles {
-        kernel: base.file(files::KERNEL),
-        guest_initrd: base.file(files::GUEST_INITRD),
-        controller_initrd: base.file(files::CONTROLLER_INITRD),
-        guest_disk: run_dir.path().join("guest.qcow2"),
-        controller_disk: run_dir.path().join("controller.qcow2"),
-    };
-    let (guest_disk, controller_disk) = (
-        base.file(files::GUEST_DISK),
-        base.file(files::CONTROLLER_DISK),
-    );
-    let (g, c) = tokio::join!(
-        create_overlay(&guest_disk, &overlays.guest_disk),
-        create_overlay(&controller_disk, &overlays.controller_disk)
-    );
-    g?;
-    c?;
-    let pair = &base.manifest.pair;
-    let (mut guest, mut controller) = if opts.cold {
-        let (g, c) = start_pair(
-            &qemu,
-            pair.guest_spec(&overlays, &RamMode::Anonymous, &sockets),
-            pair.controller_spec(&overlays, &RamMode::Anonymous, &sockets, &shares),
-            opts.boot_timeout,
-        )
-        .await?;
-        setup_pair(
-            &sockets.control(),
-            &profile,
-            &base.secrets()?,
-            &base.manifest.guest_host_key,
-        )
-        .await?;
-        (g, c)
-    } else {
-        let ram = RamMode::Revive {
-            guest: base.file(files::GUEST_RAM),
-            controller: base.file(files::CONTROLLER_RAM),
-            readonly: !ram_needs_write_access(base.manifest.qemu_version),
-        };
-        let mut g = Vm::start(&qemu, pair.guest_spec(&overlays, &ram, &sockets))?;
-        let mut c = Vm::start(
-            &qemu,
-            pair.controller_spec(&overlays, &ram, &sockets, &shares),
-        )?;
-        let (guest_state, controller_state) = (
-            base.file(files::GUEST_STATE),
-            base.file(files::CONTROLLER_STATE),
-        );
-        let (lg, lc) = tokio::join!(
-            snapshot::load(&mut g, &guest_state),
-            snapshot::load(&mut c, &controller_state)
-        );
-        lg.map_err(|e| with_log(e, &g))?;
-        lc.map_err(|e| with_log(e, &c))?;
-        snapshot::resume(&mut g).await?;
-        snapshot::resume(&mut c).await?;
-        (g, c)
-    };
+    let pair = launch(
+        &qemu,
+        base,
+        &profile,
+        &run_dir,
+        &shares,
+        opts.cold,
+        opts.boot_timeout,
+    )
+    .await?;
+    let (mut guest, mut controller, sockets) = (pair.guest, pair.controller, pair.sockets);
     let mut timings = Timings {
         revive: started.elapsed(),
         ..Timings::default()
@@ -392,6 +345,91 @@ where
         Error::Other(format!("{e}\n  controller console:\n{tail}"))
     })?;
     Ok(Outcome { exit_code, timings })
+}
+
+/// The running pair of one run.
+pub struct Launched {
+    pub guest: Vm,
+    pub controller: Vm,
+    pub sockets: PairSockets,
+}
+
+/// Revives the base's pair (or cold-boots and sets it up) in `run_dir`, on fresh
+/// overlays, with `shares` behind the controller's 9p devices. Returns once both run.
+pub async fn launch(
+    qemu: &Path,
+    base: &Base,
+    profile: &Profile,
+    run_dir: &RunDir,
+    shares: &[ControllerShare],
+    cold: bool,
+    boot_timeout: Duration,
+) -> Result<Launched> {
+    let sockets = PairSockets::new(run_dir.path())?;
+    let overlays = PairFiles {
+        kernel: base.file(files::KERNEL),
+        guest_initrd: base.file(files::GUEST_INITRD),
+        controller_initrd: base.file(files::CONTROLLER_INITRD),
+        guest_disk: run_dir.path().join("guest.qcow2"),
+        controller_disk: run_dir.path().join("controller.qcow2"),
+    };
+    let (guest_disk, controller_disk) = (
+        base.file(files::GUEST_DISK),
+        base.file(files::CONTROLLER_DISK),
+    );
+    let (g, c) = tokio::join!(
+        create_overlay(&guest_disk, &overlays.guest_disk),
+        create_overlay(&controller_disk, &overlays.controller_disk)
+    );
+    g?;
+    c?;
+    let pair = &base.manifest.pair;
+    let (guest, controller) = if cold {
+        let (g, c) = start_pair(
+            qemu,
+            pair.guest_spec(&overlays, &RamMode::Anonymous, &sockets),
+            pair.controller_spec(&overlays, &RamMode::Anonymous, &sockets, &shares),
+            boot_timeout,
+        )
+        .await?;
+        setup_pair(
+            &sockets.control(),
+            profile,
+            &base.secrets()?,
+            &base.manifest.guest_host_key,
+        )
+        .await?;
+        (g, c)
+    } else {
+        let ram = RamMode::Revive {
+            guest: base.file(files::GUEST_RAM),
+            controller: base.file(files::CONTROLLER_RAM),
+            readonly: !ram_needs_write_access(base.manifest.qemu_version),
+        };
+        let mut g = Vm::start(qemu, pair.guest_spec(&overlays, &ram, &sockets))?;
+        let mut c = Vm::start(
+            qemu,
+            pair.controller_spec(&overlays, &ram, &sockets, &shares),
+        )?;
+        let (guest_state, controller_state) = (
+            base.file(files::GUEST_STATE),
+            base.file(files::CONTROLLER_STATE),
+        );
+        let (lg, lc) = tokio::join!(
+            snapshot::load(&mut g, &guest_state),
+            snapshot::load(&mut c, &controller_state)
+        );
+        lg.map_err(|e| with_log(e, &g))?;
+        lc.map_err(|e| with_log(e, &c))?;
+        snapshot::resume(&mut g).await?;
+        snapshot::resume(&mut c).await?;
+        (g, c)
+    };
+    Ok(Launched {
+        guest,
+        controller,
+        sockets,
+    })
 }
 
 fn with_log(e: Error, vm: &Vm) -> Error {

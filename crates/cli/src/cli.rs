@@ -43,6 +43,8 @@ pub enum Command {
     Rm(RmArgs),
     /// Remove half-made bases and images, and run directories of runs that died.
     Gc,
+    /// Measure revive, cold boot, parallel runs, memory and throughput; print a table.
+    Bench(BenchArgs),
     /// Open an interactive shell in a revived guest [not implemented yet].
     Shell(Pending),
 }
@@ -118,6 +120,18 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Repetitions per measure (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// The large guest's memory, for the revive-vs-RAM-size comparison.
+    #[arg(long, default_value = "8G", value_parser = parse_size_mib)]
+    pub big_memory: u64,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,17 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             println!("gc: {} removed, {} MiB freed", report.removed.len(), report.bytes >> 20);
             Ok(0)
         }
+        Command::Bench(args) => {
+            let opts = guestbox::bench::BenchOptions {
+                runs: args.runs,
+                small_mib: 1024,
+                big_mib: args.big_memory,
+                accel: args.accel.parse()?,
+            };
+            let rows = guestbox::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
+            guestbox::bench::print_table(&rows, &args.accel, args.runs);
+            Ok(0)
+        }
         Command::Shell(_) => Err(Error::Usage(
             "`guestbox shell` is not implemented yet (tracked in issue #4); use `guestbox run -- CMD`".into(),
         )),

@@ -6,6 +6,7 @@
 //! - [`images`]: kernel, initramfs and root disks built from Debian packages, cached.
 
 pub mod accel;
+pub mod bench;
 pub mod boot;
 pub mod boot_image;
 pub mod bootstrap;

@@ -388,7 +388,7 @@ pub async fn launch(
         let (g, c) = start_pair(
             qemu,
             pair.guest_spec(&overlays, &RamMode::Anonymous, &sockets),
-            pair.controller_spec(&overlays, &RamMode::Anonymous, &sockets, &shares),
+            pair.controller_spec(&overlays, &RamMode::Anonymous, &sockets, shares),
             boot_timeout,
         )
         .await?;
@@ -409,7 +409,7 @@ pub async fn launch(
         let mut g = Vm::start(qemu, pair.guest_spec(&overlays, &ram, &sockets))?;
         let mut c = Vm::start(
             qemu,
-            pair.controller_spec(&overlays, &ram, &sockets, &shares),
+            pair.controller_spec(&overlays, &ram, &sockets, shares),
         )?;
         let (guest_state, controller_state) = (
             base.file(files::GUEST_STATE),

@@ -114,10 +114,15 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
         if running.is_finished() {
             panic!("the run ended early: {:?}", running.await);
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the run did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let err = store.remove(&a).expect_err("rm removed a base while a run used it");
+    let err = store
+        .remove(&a)
+        .expect_err("rm removed a base while a run used it");
     assert!(err.to_string().contains("in use"), "{err}");
     assert_eq!(err.exit_code(), 2);
     let outcome = running.await.unwrap().unwrap();

@@ -1,0 +1,354 @@
+//! `guestbox bench`: the speed and memory figures, measured in one go and printed as a
+//! table of medians and ratios. Targets are checked here, not in timed tests.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::accel::AccelChoice;
+use crate::bootstrap::{bootstrap, idle_shares, socket_dir, BootstrapOptions};
+use crate::images::GuestRecipe;
+use crate::paths::Dirs;
+use crate::profile::Profile;
+use crate::progress::Progress;
+use crate::run::{launch, run, RunOptions, Volume};
+use crate::store::{files, Base, Store};
+use crate::{hostcheck, Error, IoContext, Result};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub runs: usize,
+    pub small_mib: u64,
+    pub big_mib: u64,
+    pub accel: AccelChoice,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub what: String,
+    pub value: String,
+    pub target: String,
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+async fn base_with(
+    dirs: &Dirs,
+    memory_mib: u64,
+    accel: AccelChoice,
+    progress: &Progress,
+) -> Result<Base> {
+    let opts = BootstrapOptions {
+        profile: Profile::Debian(GuestRecipe::new(vec![])),
+        name: None,
+        memory_mib,
+        cpus: 1,
+        accel,
+        timeout: Duration::from_secs(600),
+    };
+    bootstrap(dirs, &opts, progress).await
+}
+
+fn profile_of(base: &Base) -> Result<Profile> {
+    serde_json::from_value(base.manifest.inputs.clone()).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// `count` revives started together; returns each one's time to running and the memory
+/// of each guest QEMU (private KiB, PSS KiB) while all run.
+async fn revive_many(
+    store: &Store,
+    base: &Base,
+    count: usize,
+) -> Result<(Duration, Vec<(u64, u64)>)> {
+    let qemu = hostcheck::path_of(hostcheck::QEMU)?;
+    let profile = profile_of(base)?;
+    let mut dirs = Vec::new();
+    let mut shares = Vec::new();
+    for _ in 0..count {
+        let d = socket_dir(store, "bench-")?;
+        shares.push(idle_shares(d.path())?);
+        dirs.push(d);
+    }
+    let started = Instant::now();
+    let launches = dirs
+        .iter()
+        .zip(&shares)
+        .map(|(d, s)| launch(&qemu, base, &profile, d, s, false, Duration::from_secs(60)));
+    let pairs = futures::future::try_join_all(launches).await?;
+    let wall = started.elapsed();
+    // Let the guests run a moment so their touched pages show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mem = pairs
+        .iter()
+        .filter_map(|p| p.guest.process.pid())
+        .map(|pid| memory_of(pid).unwrap_or((0, 0)))
+        .collect();
+    for mut p in pairs {
+        p.guest.process.kill().await;
+        p.controller.process.kill().await;
+    }
+    Ok((wall, mem))
+}
+
+/// (private KiB, PSS KiB) of a process, from /proc/PID/smaps_rollup.
+pub fn memory_of(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Pss:"),
+    ))
+}
+
+async fn quiet_run(
+    store: &Store,
+    base: &Base,
+    opts: &RunOptions,
+) -> Result<(crate::run::Outcome, String)> {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = run(store, base, opts, &mut out, &mut err).await?;
+    if outcome.exit_code != 0 {
+        return Err(Error::Other(format!(
+            "benchmark command failed ({}): {}",
+            outcome.exit_code,
+            String::from_utf8_lossy(&err)
+        )));
+    }
+    Ok((outcome, String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn command(argv: &[&str]) -> RunOptions {
+    RunOptions {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        boot_timeout: Duration::from_secs(600),
+        ..RunOptions::default()
+    }
+}
+
+/// MiB/s of writing 100 MiB (with fsync) to `path` in the guest.
+async fn write_throughput(
+    store: &Store,
+    base: &Base,
+    target: &str,
+    volume: Option<&Path>,
+) -> Result<f64> {
+    let script = format!(
+        "s=$(date +%s%N); dd if=/dev/zero of={target}/bench.bin bs=1M count=100 conv=fsync 2>/dev/null; e=$(date +%s%N); rm -f {target}/bench.bin; echo $((e - s))"
+    );
+    let mut opts = command(&["sh", "-c", &script]);
+    if let Some(dir) = volume {
+        opts.volumes = vec![Volume {
+            host: dir.to_path_buf(),
+            guest: target.to_string(),
+            readonly: false,
+        }];
+    }
+    let (_, out) = quiet_run(store, base, &opts).await?;
+    let ns: f64 = out
+        .trim()
+        .parse()
+        .map_err(|_| Error::Other(format!("unexpected dd timing output {out:?}")))?;
+    Ok(100.0 / (ns / 1e9))
+}
+
+pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Result<Vec<Row>> {
+    let store = Store::new(dirs);
+    let n = opts.runs.max(1);
+    let mut rows = Vec::new();
+    let mut row = |what: &str, value: String, target: &str| {
+        rows.push(Row {
+            what: what.into(),
+            value,
+            target: target.into(),
+        })
+    };
+    let small = base_with(dirs, opts.small_mib, opts.accel, progress).await?;
+    let big = base_with(dirs, opts.big_mib, opts.accel, progress).await?;
+
+    let step = progress.step(format!(
+        "reviving {n} times ({} MiB and {} MiB guests)",
+        opts.small_mib, opts.big_mib
+    ));
+    let mut rev_small = Vec::new();
+    let mut rev_big = Vec::new();
+    let mut private_small = Vec::new();
+    for _ in 0..n {
+        let (t, mem) = revive_many(&store, &small, 1).await?;
+        rev_small.push(secs(t));
+        private_small.extend(mem);
+        rev_big.push(secs(revive_many(&store, &big, 1).await?.0));
+    }
+    step.done();
+    let step = progress.step(format!("4 parallel revives, {n} times"));
+    let mut par4 = Vec::new();
+    let mut private4 = Vec::new();
+    for _ in 0..n {
+        let (t, mem) = revive_many(&store, &small, 4).await?;
+        par4.push(secs(t));
+        private4.extend(mem);
+    }
+    step.done();
+    let step = progress.step(format!(
+        "`run -- true`, {n} times revived and {n} times cold"
+    ));
+    let mut warm = Vec::new();
+    let mut split = [Vec::new(), Vec::new(), Vec::new()];
+    let mut cold_ready = Vec::new();
+    let mut cold_total = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let (o, _) = quiet_run(&store, &small, &command(&["true"])).await?;
+        warm.push(secs(t.elapsed()));
+        split[0].push(secs(o.timings.revive));
+        split[1].push(secs(o.timings.command_started));
+        split[2].push(secs(o.timings.command_done));
+        let mut cold = command(&["true"]);
+        cold.cold = true;
+        let t = Instant::now();
+        let (o, _) = quiet_run(&store, &small, &cold).await?;
+        cold_total.push(secs(t.elapsed()));
+        cold_ready.push(secs(o.timings.revive));
+    }
+    step.done();
+    let step =
+        progress.step("write throughput: 100 MiB to a shared directory and to the guest's disk");
+    let out_dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+    let mut shared = Vec::new();
+    let mut local = Vec::new();
+    for _ in 0..n.min(3) {
+        shared.push(write_throughput(&store, &small, "/out", Some(out_dir.path())).await?);
+        local.push(write_throughput(&store, &small, "/root", None).await?);
+    }
+    step.done();
+
+    let (rs, rb, p4, cr) = (
+        median(rev_small),
+        median(rev_big),
+        median(par4),
+        median(cold_ready),
+    );
+    let m = &small.manifest;
+    row(
+        "revive to running (1 pair)",
+        format!("{:.3} s", rs),
+        "<= 0.3 s",
+    );
+    row("cold boot to ready (same pair)", format!("{:.2} s", cr), "");
+    row("  cold / revive", format!("{:.0}x", cr / rs), ">= 10x");
+    row(
+        &format!("revive, {} MiB guest", opts.big_mib),
+        format!("{:.3} s", rb),
+        "",
+    );
+    row(
+        &format!("  {} MiB / {} MiB revive", opts.big_mib, opts.small_mib),
+        format!("{:.2}", rb / rs),
+        "<= 1.2",
+    );
+    row("4 parallel revives, wall", format!("{:.3} s", p4), "");
+    row("  4 parallel / 1", format!("{:.2}", p4 / rs), "<= 2");
+    let priv_kib = median(private4.iter().map(|m| m.0 as f64).collect());
+    let pss_kib = median(private4.iter().map(|m| m.1 as f64).collect());
+    let priv1 = median(private_small.iter().map(|m| m.0 as f64).collect());
+    row(
+        "private memory per revived guest (4 parallel)",
+        format!(
+            "{:.0} MiB of {} MiB ({:.1}%), PSS {:.0} MiB",
+            priv_kib / 1024.0,
+            opts.small_mib,
+            priv_kib / 1024.0 / opts.small_mib as f64 * 100.0,
+            pss_kib / 1024.0
+        ),
+        "small fraction",
+    );
+    row(
+        "private memory, single revived guest",
+        format!("{:.0} MiB", priv1 / 1024.0),
+        "",
+    );
+    row(
+        "snapshot (both VMs) time",
+        format!(
+            "{:.3} s",
+            m.timings.get("snapshot").copied().unwrap_or(f64::NAN)
+        ),
+        "",
+    );
+    row(
+        "snapshot size (device state guest + controller)",
+        format!(
+            "{} KiB + {} KiB",
+            m.files[files::GUEST_STATE].size / 1024,
+            m.files[files::CONTROLLER_STATE].size / 1024
+        ),
+        "",
+    );
+    let (w, c) = (median(warm), median(cold_total));
+    row(
+        "`guestbox run -- true` end to end",
+        format!("{:.3} s", w),
+        "<= 1.5 s",
+    );
+    row("`run --cold -- true` end to end", format!("{:.2} s", c), "");
+    row("  cold / revived run", format!("{:.1}x", c / w), ">= 5x");
+    row(
+        "  split: revived | command started | done",
+        format!(
+            "{:.3} | {:.3} | {:.3} s",
+            median(split[0].clone()),
+            median(split[1].clone()),
+            median(split[2].clone())
+        ),
+        "",
+    );
+    let (sh, lo) = (median(shared), median(local));
+    row(
+        "write 100 MiB to a shared dir (SMB)",
+        format!("{:.1} MiB/s", sh),
+        "",
+    );
+    row(
+        "write 100 MiB to the guest's disk",
+        format!("{:.1} MiB/s", lo),
+        "",
+    );
+    row(
+        "  shared / local",
+        format!("{:.0}%", sh / lo * 100.0),
+        ">= 50%",
+    );
+    Ok(rows)
+}
+
+pub fn print_table(rows: &[Row], accel: &str, runs: usize) {
+    let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
+    let v = rows.iter().map(|r| r.value.len()).max().unwrap_or(10);
+    println!("guestbox bench: medians of {runs} runs, accel {accel}");
+    println!("{:<w$}  {:>v$}  target", "measure", "value");
+    for r in rows {
+        println!("{:<w$}  {:>v$}  {}", r.what, r.value, r.target);
+    }
+}

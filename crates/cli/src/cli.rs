@@ -154,14 +154,16 @@ pub struct RmArgs {
 
 /// `512M`, `2G`, `1.5G`, `1024` (MiB).
 pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    // Accept 2G, 2GB, 2Gi, 2GiB alike (binary units throughout, as QEMU's -m does).
     let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix('i').unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
         Some((i, 'M' | 'm')) => (&t[..i], 1.0),
         Some((i, 'G' | 'g')) => (&t[..i], 1024.0),
         Some((i, 'T' | 't')) => (&t[..i], 1024.0 * 1024.0),
         _ => (t, 1.0),
     };
-    let num = num.strip_suffix("i").unwrap_or(num);
     let v: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
@@ -208,7 +210,8 @@ mod tests {
     fn sizes_and_durations() {
         assert_eq!(parse_size_mib("512M"), Ok(512));
         assert_eq!(parse_size_mib("2G"), Ok(2048));
-        assert_eq!(parse_size_mib("1.5GiB".trim_end_matches('B')), Ok(1536));
+        assert_eq!(parse_size_mib("1.5GiB"), Ok(1536));
+        assert_eq!(parse_size_mib("2Gi"), Ok(2048));
         assert_eq!(parse_size_mib("300"), Ok(300));
         assert!(parse_size_mib("lots").is_err());
         assert!(parse_size_mib("-1G").is_err());

@@ -25,6 +25,7 @@ pub mod run;
 pub mod snapshot;
 pub mod store;
 pub mod vm;
+pub mod windows;
 
 /// The controller's agent, a static executable built by build.rs.
 pub const AGENT: &[u8] = include_bytes!(env!("GUESTBOX_AGENT_PATH"));

@@ -224,7 +224,21 @@ impl VmSpec {
             }
             Boot::Firmware { order } => push("-boot", format!("order={order}")),
         }
-        let mut has_ahci = false;
+        // Each IDE-family drive gets an explicit bus: without one, QEMU puts every device
+        // on the controller's last bus and refuses the second ("supports only 1 units").
+        // q35's built-in AHCI has one unit on each of ide.0..ide.5; i440FX's IDE has two
+        // buses of two units; an AHCI disk on i440FX needs its own controller.
+        let q35 = self.machine.contains("q35");
+        let (mut ide_n, mut ahci_n) = (0u32, 0u32);
+        let mut ide_bus = |q35: bool| {
+            let bus = if q35 {
+                format!("bus=ide.{ide_n}")
+            } else {
+                format!("bus=ide.{},unit={}", ide_n / 2, ide_n % 2)
+            };
+            ide_n += 1;
+            bus
+        };
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
             let fmt = match d.format {
@@ -256,15 +270,16 @@ impl VmSpec {
             }
             let device = match d.interface {
                 DriveInterface::VirtioBlk => format!("virtio-blk-pci,drive={id}"),
+                DriveInterface::Ahci if q35 => format!("ide-hd,drive={id},{}", ide_bus(q35)),
                 DriveInterface::Ahci => {
-                    if !has_ahci && !self.machine.contains("q35") {
+                    if ahci_n == 0 {
                         push("-device", "ahci,id=ahci".to_string());
                     }
-                    has_ahci = true;
-                    format!("ide-hd,drive={id}")
+                    ahci_n += 1;
+                    format!("ide-hd,drive={id},bus=ahci.{}", ahci_n - 1)
                 }
-                DriveInterface::Ide => format!("ide-hd,drive={id}"),
-                DriveInterface::CdRom => format!("ide-cd,drive={id}"),
+                DriveInterface::Ide => format!("ide-hd,drive={id},{}", ide_bus(q35)),
+                DriveInterface::CdRom => format!("ide-cd,drive={id},{}", ide_bus(q35)),
                 DriveInterface::Floppy => {
                     unreachable!("floppies are attached with if=floppy above")
                 }
@@ -482,8 +497,8 @@ mod tests {
         let devices = after(&argv, "-device");
         assert!(devices.contains(&"virtserialport,bus=vser.0,chardev=port0,name=guestbox.ctl"));
         assert!(devices.contains(&"virtio-9p-pci,fsdev=fs0,mount_tag=vol0"));
-        assert!(devices.contains(&"ide-hd,drive=drive0"));
-        assert!(devices.contains(&"ide-cd,drive=drive2"));
+        assert!(devices.contains(&"ide-hd,drive=drive0,bus=ide.0"));
+        assert!(devices.contains(&"ide-cd,drive=drive2,bus=ide.1"));
         assert!(devices.contains(&"e1000e,netdev=net0,mac=52:54:00:00:00:01"));
         assert_eq!(
             after(&argv, "-fsdev"),

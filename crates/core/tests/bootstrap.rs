@@ -157,14 +157,25 @@ async fn a_failed_bootstrap_registers_nothing() {
             "a failed bootstrap was registered"
         );
     }
-    // This test's QEMUs are the only ones with 640 MiB of RAM.
-    let busy: Vec<_> = common::pids_matching("size=640M")
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false)
-        })
-        .collect();
+    // This test's QEMUs are the only ones with 640 MiB of RAM; killed, they take a moment
+    // to go.
+    let alive = || -> Vec<u32> {
+        common::pids_matching("size=640M")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| !s.contains(") Z "))
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    let mut busy = alive();
+    for _ in 0..40 {
+        if busy.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        busy = alive();
+    }
     assert!(busy.is_empty(), "processes left: {busy:?}");
 }

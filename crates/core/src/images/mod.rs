@@ -20,7 +20,7 @@ use crate::progress::Progress;
 use crate::Result;
 
 /// Bump when a change to the recipes below would make an older artifact wrong.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 /// Where Debian packages come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

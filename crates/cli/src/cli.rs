@@ -77,6 +77,55 @@ pub struct BootstrapArgs {
     /// Seconds the guest may take to install and boot.
     #[arg(long, default_value = "600", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub windows: WindowsArgs,
+}
+
+/// Windows profiles (`--profile windows` for Vista..11/Server, `windows-xp` for XP/2003).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Windows guests")]
+pub struct WindowsArgs {
+    /// Windows install ISO (your own media, e.g. an evaluation ISO).
+    #[arg(long, value_name = "PATH")]
+    pub iso: Option<std::path::PathBuf>,
+    /// Local Cygwin mirror: the directory named after the mirror URL, as
+    /// `setup-x86_64.exe --download` leaves it (holds x86_64/setup.ini).
+    #[arg(long, value_name = "DIR")]
+    pub cygwin_mirror: Option<std::path::PathBuf>,
+    /// Cygwin's setup program [default: setup-x86_64.exe (XP: setup-x86.exe) next to the mirror].
+    #[arg(long, value_name = "PATH")]
+    pub cygwin_setup: Option<std::path::PathBuf>,
+    /// Cygwin packages beyond Base (openssh and cygrunsrv are always included).
+    #[arg(long, value_delimiter = ',')]
+    pub cygwin_packages: Vec<String>,
+    /// Product key, where the media needs one (XP always does).
+    #[arg(long)]
+    pub product_key: Option<String>,
+    /// Edition to install by image index (1-based) in install.wim.
+    #[arg(long, conflicts_with = "edition")]
+    pub image_index: Option<u32>,
+    /// Edition to install by name, e.g. "Windows 11 Pro".
+    #[arg(long)]
+    pub edition: Option<String>,
+    /// Administrator password [default: generated, kept in the base, never printed].
+    #[arg(long, env = "GUESTBOX_WINDOWS_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Install for UEFI (GPT) instead of BIOS (MBR).
+    #[arg(long)]
+    pub uefi: bool,
+    /// Windows 11 on a real TPM 2.0 (swtpm) and Secure Boot instead of the LabConfig bypass.
+    #[arg(long)]
+    pub tpm: bool,
+    /// Locale, e.g. en-US, de-DE.
+    #[arg(long, default_value = "en-US")]
+    pub locale: String,
+    /// Windows time zone id, e.g. "UTC", "W. Europe Standard Time".
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// Write the floppy, the Cygwin CD, the answer file, every script and the QEMU command
+    /// line of each stage into DIR, and start nothing.
+    #[arg(long, value_name = "DIR")]
+    pub emit: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

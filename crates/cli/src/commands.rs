@@ -25,7 +25,15 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Boot(args) => boot(args, &progress).await,
+        Command::Bootstrap(args) if args.profile.starts_with("windows") => {
+            crate::windows::bootstrap(&args, &progress).await
+        }
         Command::Bootstrap(args) => {
+            if args.windows.emit.is_some() || args.windows.iso.is_some() {
+                return Err(Error::Usage(
+                    "--iso and --emit are for --profile windows or windows-xp".into(),
+                ));
+            }
             let base = bootstrap(&Dirs::from_env()?, &bootstrap_options(&args)?, &progress).await?;
             println!("{}", base.manifest.id);
             Ok(0)
@@ -81,10 +89,9 @@ fn store() -> Result<Store> {
 fn profile_from(name: &str, image: &ImageArgs) -> Result<Profile> {
     match name {
         "debian" => Ok(Profile::Debian(GuestRecipe::new(image.packages.clone()))),
-        "windows" | "windows-xp" => Err(Error::Usage(format!(
-            "--profile {name}: Windows bootstrap is not wired up yet (install media generation exists; see the README)"
+        other => Err(Error::Usage(format!(
+            "--profile {other:?}: expected debian, windows or windows-xp"
         ))),
-        other => Err(Error::Usage(format!("--profile {other:?}: expected debian, windows or windows-xp"))),
     }
 }
 

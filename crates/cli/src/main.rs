@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod windows;
 
 use std::process::ExitCode;
 

@@ -328,3 +328,125 @@ fn forcing_kvm_where_it_cannot_run_guests_fails_clearly_and_auto_falls_back() {
         assert!(err.contains("/dev/kvm"), "{err}");
     }
 }
+
+/// A hand-made Cygwin mirror (Base + openssh + cygrunsrv) with real sizes and SHA-512s.
+fn fake_cygwin_mirror(root: &Path) -> PathBuf {
+    let dir = root.join("https%3a%2f%2fmirror.example%2fcygwin%2f");
+    let mut ini = String::from("release: cygwin\narch: x86_64\nsetup-timestamp: 1717243200\n\n");
+    for (name, category) in [
+        ("base-cygwin", "Base"),
+        ("openssh", "Net"),
+        ("cygrunsrv", "Admin"),
+    ] {
+        let rel = format!("x86_64/release/{name}/{name}-1.0-1.tar.xz");
+        let path = dir.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("fake {name}").repeat(20)).unwrap();
+        let sum = Command::new("sha512sum").arg(&path).output().unwrap();
+        let sum = String::from_utf8(sum.stdout).unwrap()[..128].to_string();
+        let size = std::fs::metadata(&path).unwrap().len();
+        ini.push_str(&format!(
+            "@ {name}\nsdesc: \"{name}\"\ncategory: {category}\nversion: 1.0-1\ninstall: {rel} {size} {sum}\n\n"
+        ));
+    }
+    std::fs::write(dir.join("x86_64/setup.ini"), ini).unwrap();
+    std::fs::write(root.join("setup-x86_64.exe"), b"MZ fake setup").unwrap();
+    dir
+}
+
+#[test]
+fn windows_bootstrap_emits_media_and_stage_scripts_and_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = fake_cygwin_mirror(tmp.path());
+    let iso = tmp.path().join("win.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    let out = tmp.path().join("emit");
+    let o = guestbox()
+        .args([
+            "bootstrap",
+            "--profile",
+            "windows",
+            "--edition",
+            "Windows 11 Pro",
+        ])
+        .arg("--iso")
+        .arg(&iso)
+        .arg("--cygwin-mirror")
+        .arg(&mirror)
+        .arg("--emit")
+        .arg(&out)
+        .env("GUESTBOX_WINDOWS_PASSWORD", "Secret-Pa55word")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    for f in [
+        "floppy.img",
+        "cygwin.iso",
+        "Autounattend.xml",
+        "1-install.sh",
+        "2-first-boot.sh",
+        "controller-key",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing; wrote: {stdout}");
+    }
+    let answer = std::fs::read_to_string(out.join("Autounattend.xml")).unwrap();
+    assert!(answer.contains("Windows 11 Pro"));
+    let public = std::fs::read_to_string(out.join("controller-key.pub")).unwrap();
+    let key_body = public.split_whitespace().nth(1).unwrap();
+    let floppy = std::fs::read(out.join("floppy.img")).unwrap();
+    assert!(
+        floppy
+            .windows(key_body.len())
+            .any(|w| w == key_body.as_bytes()),
+        "the controller key is not on the floppy"
+    );
+    assert!(
+        !stdout.contains("Secret-Pa55word") && !stderr.contains("Secret-Pa55word"),
+        "the password was printed"
+    );
+    let install = std::fs::read_to_string(out.join("1-install.sh")).unwrap();
+    assert!(install.contains("qemu-system-x86_64"), "{install}");
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(out.join("1-install.sh"))
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    // It started nothing.
+    assert!(pids_matching(&out.to_string_lossy()).is_empty());
+
+    // Without --emit it says plainly what is missing.
+    let o = guestbox()
+        .args(["bootstrap", "--profile", "windows"])
+        .arg("--iso")
+        .arg(&iso)
+        .arg("--cygwin-mirror")
+        .arg(&mirror)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--emit"), "{}", text(&o).1);
+    let o = guestbox()
+        .args(["bootstrap", "--profile", "windows-xp", "--emit", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--iso"));
+    let o = guestbox()
+        .args([
+            "bootstrap",
+            "--profile",
+            "windows",
+            "--cygwin-mirror",
+            "/no/mirror",
+            "--emit",
+        ])
+        .arg(tmp.path().join("e2"))
+        .arg("--iso")
+        .arg(&iso)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("/no/mirror"), "{}", text(&o).1);
+}

@@ -1,0 +1,151 @@
+//! `guestbox bootstrap --profile windows|windows-xp`: today the install media and the QEMU
+//! stages are generated (`--emit DIR`); running the install end to end is not wired yet.
+
+use std::path::PathBuf;
+
+use guestbox::accel::Accel;
+use guestbox::progress::Progress;
+use guestbox::{hostcheck, Error, Result};
+use media::cygwin::CygwinMirror;
+use media::windows::{
+    Firmware, ImageSelection, Profile, Secret, Win11Requirements, WindowsSettings,
+};
+
+use crate::cli::BootstrapArgs;
+
+pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32> {
+    let w = &args.windows;
+    let profile = match args.profile.as_str() {
+        "windows" => Profile::Windows,
+        "windows-xp" => Profile::WindowsXp,
+        other => {
+            return Err(Error::Usage(format!(
+                "--profile {other:?}: expected debian, windows or windows-xp"
+            )))
+        }
+    };
+    let iso = w.iso.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "--profile {}: --iso PATH (your Windows install ISO) is required",
+            args.profile
+        ))
+    })?;
+    let mirror_dir = w.cygwin_mirror.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "--profile {}: --cygwin-mirror DIR is required (a local Cygwin mirror; see the README)",
+            args.profile
+        ))
+    })?;
+    let Some(dir) = w.emit.clone() else {
+        return Err(Error::Usage(format!(
+            "--profile {}: running the Windows install is not wired up yet; use --emit DIR to \
+             generate the floppy, the Cygwin CD, the answer file and the QEMU command line of \
+             each stage (see the README, \"Windows guests\")",
+            args.profile
+        )));
+    };
+    let password = match &w.admin_password {
+        Some(p) => p.clone(),
+        None => generated_password()?,
+    };
+    let keys = dir.join("controller-key");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Usage(format!("--emit {}: {e}", dir.display())))?;
+    let public_key = controller_key(&keys).await?;
+    let mut settings = WindowsSettings::new(profile, Secret::new(password), public_key);
+    settings.firmware = if w.uefi || w.tpm {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    if w.tpm {
+        settings.win11 = Win11Requirements::RealTpmUefi;
+    }
+    if let Some(i) = w.image_index {
+        settings.image = ImageSelection::Index(i);
+    }
+    if let Some(name) = &w.edition {
+        settings.image = ImageSelection::Name(name.clone());
+    }
+    settings.product_key = w.product_key.clone();
+    settings.locale = w.locale.clone();
+    settings.timezone = w.timezone.clone();
+    for p in &w.cygwin_packages {
+        if !settings.cygwin.packages.contains(p) {
+            settings.cygwin.packages.push(p.clone());
+        }
+    }
+    let arch = settings.cygwin.arch;
+    let setup_exe = w.cygwin_setup.clone().unwrap_or_else(|| {
+        mirror_dir
+            .parent()
+            .map(|p| p.join(arch.setup_exe()))
+            .unwrap_or_else(|| PathBuf::from(arch.setup_exe()))
+    });
+    let mirror = CygwinMirror {
+        dir: mirror_dir,
+        setup_exe,
+        arch,
+    };
+    // The emitted command lines are for this host: KVM only if asked for explicitly (the
+    // scripts run outside guestbox, which would otherwise probe it).
+    let accel = match args.vm.accel.as_str() {
+        "kvm" => Accel::Kvm,
+        _ => Accel::Tcg,
+    };
+    let mut hw = guestbox::windows::Hardware::new(&settings, accel);
+    if args.vm.memory != 1024 {
+        hw.memory_mib = args.vm.memory;
+    }
+    if args.vm.cpus != 1 {
+        hw.cpus = args.vm.cpus;
+    }
+    let step = progress.step(format!(
+        "writing the {} install media and stage scripts",
+        args.profile
+    ));
+    let report = guestbox::windows::emit(&dir, &settings, &iso, &mirror, &hw)?;
+    step.done();
+    println!("wrote {}:", report.dir.display());
+    for (stage, script) in &report.stage_scripts {
+        println!("  stage {stage:<11} {}", script.display());
+    }
+    println!(
+        "  controller key  {} (keep it: it logs in to the installed guest)",
+        keys.display()
+    );
+    Ok(0)
+}
+
+/// A password Windows' default complexity rules accept: upper, lower, digit, symbol.
+fn generated_password() -> Result<String> {
+    Ok(format!("Gb-{}-x9", guestbox::bootstrap::random_hex(12)?))
+}
+
+/// A fresh ed25519 key pair for the controller; returns the public key line.
+async fn controller_key(path: &std::path::Path) -> Result<String> {
+    let keygen = hostcheck::path_of(hostcheck::SSH_KEYGEN)?;
+    if !path.exists() {
+        let p = path.to_string_lossy().into_owned();
+        guestbox::process::run_tool(
+            "ssh-keygen",
+            &keygen,
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "guestbox-controller",
+                "-f",
+                &p,
+            ],
+        )
+        .await?;
+    }
+    let pub_path = path.with_extension("pub");
+    std::fs::read_to_string(&pub_path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::Other(format!("reading {}: {e}", pub_path.display())))
+}

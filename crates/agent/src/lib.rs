@@ -22,6 +22,8 @@ pub enum FrameKind {
     Message = 1,
     Stdout = 2,
     Stderr = 3,
+    /// Host → agent: the job's standard input; an empty payload closes it.
+    Stdin = 4,
 }
 
 impl FrameKind {
@@ -30,6 +32,7 @@ impl FrameKind {
             1 => Some(Self::Message),
             2 => Some(Self::Stdout),
             3 => Some(Self::Stderr),
+            4 => Some(Self::Stdin),
             _ => None,
         }
     }
@@ -93,6 +96,18 @@ pub struct Run {
     pub mounts: Vec<Mount>,
     /// The remote command line given to ssh; the guest's shell runs it.
     pub script: String,
+    /// Forward the host's stdin (Stdin frames) to the command; otherwise it reads /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Give the command a terminal in the guest (`guestbox shell`).
+    #[serde(default)]
+    pub tty: Option<Tty>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tty {
+    /// `$TERM` for the guest.
+    pub term: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -203,23 +203,23 @@ fn send(writer: &Writer, event: &Event) -> io::Result<()> {
     write_message(&mut *w, event).map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// Where Stdin frames go while a job reads its stdin.
+type StdinSink = Arc<Mutex<Option<File>>>;
+
 fn serve(port: &Path) -> io::Result<()> {
     // A virtio port can be opened once: one read-write handle, cloned for writing.
-    let mut reader = OpenOptions::new().read(true).write(true).open(port)?;
+    let reader = OpenOptions::new().read(true).write(true).open(port)?;
     let writer: Writer = Arc::new(Mutex::new(reader.try_clone()?));
+    let stdin_sink: StdinSink = Arc::new(Mutex::new(None));
+    // One thread reads every frame: requests go to the loop below, a job's stdin straight
+    // into its pipe, so input keeps flowing while a job runs.
+    let (requests, incoming) = std::sync::mpsc::channel::<Vec<u8>>();
+    let sink = stdin_sink.clone();
+    std::thread::spawn(move || read_frames(reader, requests, sink));
     loop {
-        let (kind, payload) = match read_frame(&mut reader) {
-            Ok(frame) => frame,
-            // The host end is not connected (yet, or any more): wait for the next host.
-            Err(agent::ProtoError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Err(e) => return Err(io::Error::other(e.to_string())),
+        let Ok(payload) = incoming.recv() else {
+            return Err(io::Error::other("the control port reader stopped"));
         };
-        if kind != FrameKind::Message {
-            continue;
-        }
         let result = match serde_json::from_slice::<Request>(&payload) {
             Ok(Request::Ping) => send(
                 &writer,
@@ -236,7 +236,7 @@ fn serve(port: &Path) -> io::Result<()> {
                     },
                 ),
             },
-            Ok(Request::Run(job)) => match do_run(&job, &writer) {
+            Ok(Request::Run(job)) => match do_run(&job, &writer, &stdin_sink) {
                 Ok(code) => send(&writer, &Event::Exit { code }),
                 Err(e) => send(
                     &writer,
@@ -261,6 +261,38 @@ fn serve(port: &Path) -> io::Result<()> {
             ),
         };
         result?;
+    }
+}
+
+fn read_frames(mut reader: File, requests: std::sync::mpsc::Sender<Vec<u8>>, stdin: StdinSink) {
+    loop {
+        match read_frame(&mut reader) {
+            Ok((FrameKind::Message, payload)) => {
+                if requests.send(payload).is_err() {
+                    return;
+                }
+            }
+            Ok((FrameKind::Stdin, data)) => {
+                let Ok(mut sink) = stdin.lock() else { return };
+                if data.is_empty() {
+                    *sink = None;
+                } else if let Some(pipe) = sink.as_mut() {
+                    // The command may have closed its stdin: then the input has nowhere to go.
+                    if pipe.write_all(&data).is_err() {
+                        *sink = None;
+                    }
+                }
+            }
+            Ok(_) => {}
+            // The host end is not connected (yet, or any more): wait for the next host.
+            Err(agent::ProtoError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                console(&format!("guestbox-agent: control channel: {e}"));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 
@@ -470,7 +502,7 @@ fn set_clock(seconds: i64) -> io::Result<()> {
     Ok(())
 }
 
-fn do_run(job: &Run, writer: &Writer) -> io::Result<i32> {
+fn do_run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32> {
     if let Some(t) = job.time {
         set_clock(t)?;
     }
@@ -481,11 +513,20 @@ fn do_run(job: &Run, writer: &Writer) -> io::Result<i32> {
     }
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
-    let stdin = OwnedFd::from(File::open("/dev/null")?);
+    let stdin = if job.stdin {
+        let (read, write) = pipe()?;
+        *stdin_sink
+            .lock()
+            .map_err(|_| io::Error::other("stdin poisoned"))? = Some(File::from(write));
+        read
+    } else {
+        OwnedFd::from(File::open("/dev/null")?)
+    };
     let master = format!("{SSH_DIR}/master");
     let session = mux::open(
         Path::new(&master),
         &job.script,
+        job.tty.as_ref().map(|t| t.term.as_str()),
         &stdin,
         &stdout_write,
         &stderr_write,
@@ -518,6 +559,9 @@ fn do_run(job: &Run, writer: &Writer) -> io::Result<i32> {
     })
     .collect();
     let code = session.wait();
+    if let Ok(mut sink) = stdin_sink.lock() {
+        *sink = None;
+    }
     for pump in pumps {
         pump.join()
             .map_err(|_| io::Error::other("output pump panicked"))??;

@@ -110,6 +110,7 @@ pub struct Session {
 pub fn open(
     control: &Path,
     command: &str,
+    tty: Option<&str>,
     stdin: &OwnedFd,
     stdout: &OwnedFd,
     stderr: &OwnedFd,
@@ -135,12 +136,12 @@ pub fn open(
     put_u32(&mut m, MUX_C_NEW_SESSION);
     put_u32(&mut m, request_id);
     put_string(&mut m, b""); // reserved
-    put_u32(&mut m, 0); // want tty
+    put_u32(&mut m, u32::from(tty.is_some())); // want tty
     put_u32(&mut m, 0); // X11 forwarding
     put_u32(&mut m, 0); // agent forwarding
     put_u32(&mut m, 0); // subsystem
     put_u32(&mut m, NO_ESCAPE);
-    put_string(&mut m, b""); // terminal type
+    put_string(&mut m, tty.unwrap_or_default().as_bytes()); // terminal type
     put_string(&mut m, command.as_bytes());
     send_packet(&mut sock, &m)?;
     for fd in [stdin, stdout, stderr] {

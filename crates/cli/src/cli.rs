@@ -45,8 +45,8 @@ pub enum Command {
     Gc,
     /// Measure revive, cold boot, parallel runs, memory and throughput; print a table.
     Bench(BenchArgs),
-    /// Open an interactive shell in a revived guest [not implemented yet].
-    Shell(Pending),
+    /// Open an interactive shell (with a terminal) in a revived guest.
+    Shell(ShellArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,8 +128,9 @@ pub struct WindowsArgs {
     pub emit: Option<std::path::PathBuf>,
 }
 
+/// What a job runs on and sees: shared by `run` and `shell`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct JobArgs {
     /// Base to revive (name or id). Without it, the default Debian base (bootstrapped on
     /// first use).
     #[arg(long)]
@@ -143,25 +144,34 @@ pub struct RunArgs {
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Stop the command after this long (e.g. 30s, 5m) and exit 124.
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<std::time::Duration>,
     /// Boot the base's disks from scratch instead of reviving its snapshot.
     #[arg(long)]
     pub cold: bool,
     /// Leave the guest's clock where the snapshot froze it (default: set it to host time).
     #[arg(long)]
     pub keep_snapshot_time: bool,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Stop the command after this long (e.g. 30s, 5m) and exit 124.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Forward guestbox's standard input to the command (otherwise it reads nothing).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Host directory for the exchange files (in-vm-exit), as in the original's xchg.
     #[arg(long, value_name = "DIR")]
     pub xchg: Option<std::path::PathBuf>,
     /// Print how long each stage took, to stderr.
     #[arg(long)]
     pub timings: bool,
-    #[command(flatten)]
-    pub image: ImageArgs,
-    #[command(flatten)]
-    pub vm: VmArgs,
     /// The command and its arguments.
     #[arg(
         trailing_var_arg = true,
@@ -169,6 +179,12 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 #[derive(Debug, Args)]
@@ -280,12 +296,6 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0").is_err());
     }
-}
-
-#[derive(Debug, Args)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,9 @@ use guestbox::run::{parse_env, RunOptions, Volume};
 use guestbox::store::{Base, Store};
 use guestbox::{boot_image, hostcheck, Error, Result};
 
-use crate::cli::{BootArgs, BootstrapArgs, Cli, Command, ImageArgs, RunArgs, VmArgs, Which};
+use crate::cli::{
+    BootArgs, BootstrapArgs, Cli, Command, ImageArgs, JobArgs, RunArgs, ShellArgs, VmArgs, Which,
+};
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     let progress = Progress::new(if cli.quiet { Mode::Quiet } else { Mode::Normal });
@@ -42,10 +44,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ls(args) => ls(args.json),
         Command::Inspect(args) => {
             let base = store()?.resolve(&args.base)?;
-            let mut json = serde_json::to_value(&base.manifest).map_err(|e| Error::Other(e.to_string()))?;
+            let mut json =
+                serde_json::to_value(&base.manifest).map_err(|e| Error::Other(e.to_string()))?;
             json["names"] = serde_json::json!(base.names);
             json["path"] = serde_json::json!(base.dir);
-            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| Error::Other(e.to_string()))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).map_err(|e| Error::Other(e.to_string()))?
+            );
             Ok(0)
         }
         Command::Rm(args) => {
@@ -62,7 +68,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             for line in &report.removed {
                 println!("removed {line}");
             }
-            println!("gc: {} removed, {} MiB freed", report.removed.len(), report.bytes >> 20);
+            println!(
+                "gc: {} removed, {} MiB freed",
+                report.removed.len(),
+                report.bytes >> 20
+            );
             Ok(0)
         }
         Command::Bench(args) => {
@@ -76,9 +86,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             guestbox::bench::print_table(&rows, &args.accel, args.runs);
             Ok(0)
         }
-        Command::Shell(_) => Err(Error::Usage(
-            "`guestbox shell` is not implemented yet (tracked in issue #4); use `guestbox run -- CMD`".into(),
-        )),
+        Command::Shell(args) => shell(args, &progress).await,
     }
 }
 
@@ -114,8 +122,11 @@ async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Re
     let plain =
         image.packages.is_empty() && vm.memory == 1024 && vm.cpus == 1 && vm.accel == "auto";
     if plain {
+        // A default base made by another guestbox build has another agent: make a new one.
         if let Ok(base) = store.resolve(DEFAULT_BASE) {
-            return Ok(base);
+            if base.manifest.agent == guestbox::store::agent_id() {
+                return Ok(base);
+            }
         }
         progress.note(
             "no default base yet: bootstrapping the Debian guest once (later runs revive it)",
@@ -132,40 +143,52 @@ async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Re
     bootstrap(&Dirs::from_env()?, &opts, progress).await
 }
 
-async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
-    let volumes = args
+/// The base and the run options a `run` or `shell` asks for.
+async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(Base, RunOptions)> {
+    let volumes = job
         .volumes
         .iter()
         .map(|v| v.parse::<Volume>())
         .collect::<Result<Vec<_>>>()?;
-    let env = args
+    let env = job
         .env
         .iter()
         .map(|e| parse_env(e))
         .collect::<Result<Vec<_>>>()?;
-    if args.command.is_empty() {
+    if argv.is_empty() {
         return Err(Error::Usage(
             "no command given: guestbox run [OPTIONS] -- COMMAND [ARGS...]".into(),
         ));
     }
-    let base = match &args.base {
+    let base = match &job.base {
         Some(b) => store()?.resolve(b)?,
-        None => default_base(&args.image, &args.vm, progress).await?,
+        None => default_base(&job.image, &job.vm, progress).await?,
     };
     let opts = RunOptions {
         volumes,
         env,
-        workdir: args.workdir.clone(),
-        argv: args.command.clone(),
-        timeout: args.timeout,
-        keep_snapshot_time: args.keep_snapshot_time,
-        cold: args.cold,
-        xchg: args.xchg.clone(),
+        workdir: job.workdir.clone(),
+        argv,
+        keep_snapshot_time: job.keep_snapshot_time,
+        cold: job.cold,
         boot_timeout: Duration::from_secs(600),
+        ..RunOptions::default()
     };
+    Ok((base, opts))
+}
+
+async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
+    let (base, mut opts) = job(&args.job, args.command.clone(), progress).await?;
+    opts.timeout = args.timeout;
+    opts.xchg = args.xchg.clone();
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    let outcome = guestbox::run::run(&store()?, &base, &opts, &mut stdout, &mut stderr).await?;
+    let mut stdin = tokio::io::stdin();
+    let store = store()?;
+    let input = args.interactive.then_some(&mut stdin);
+    let outcome =
+        guestbox::run::run_with_stdin(&store, &base, &opts, input, &mut stdout, &mut stderr)
+            .await?;
     if args.timings {
         let t = &outcome.timings;
         eprintln!(
@@ -177,6 +200,39 @@ async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
         );
     }
     Ok(outcome.exit_code)
+}
+
+async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
+    let size = crate::terminal::size();
+    // The SSH master cannot see our terminal's size through the agent's pipes: the
+    // guest's terminal is sized by the shell command itself.
+    let start = format!(
+        "stty rows {} cols {} 2>/dev/null; if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi",
+        size.0, size.1
+    );
+    let (base, mut opts) = job(&args.job, vec!["sh".into(), "-c".into(), start], progress).await?;
+    opts.tty = Some(
+        std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "vt100".into()),
+    );
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut stdin = tokio::io::stdin();
+    let store = store()?;
+    let raw = crate::terminal::RawMode::enable();
+    let outcome = guestbox::run::run_with_stdin(
+        &store,
+        &base,
+        &opts,
+        Some(&mut stdin),
+        &mut stdout,
+        &mut stderr,
+    )
+    .await;
+    drop(raw);
+    Ok(outcome?.exit_code)
 }
 
 fn ls(json: bool) -> Result<i32> {

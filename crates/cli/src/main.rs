@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod terminal;
 mod windows;
 
 use std::process::ExitCode;
@@ -38,9 +39,10 @@ fn main() -> ExitCode {
             }
         }
     });
-    // Dropping the runtime drops every pending future: VMs and tools are killed, build
-    // directories removed.
-    drop(runtime);
+    // Shutting the runtime down drops every pending future: VMs and tools are killed, build
+    // directories removed. A read of our stdin may still block a pool thread: don't wait
+    // for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
 

@@ -36,7 +36,16 @@ fn help_and_version() {
     let o = guestbox().arg("--help").output().unwrap();
     let (out, _) = text(&o);
     assert!(o.status.success());
-    for word in ["bootstrap", "run", "ls", "inspect", "rm", "gc", "shell"] {
+    for word in [
+        "bootstrap",
+        "run",
+        "ls",
+        "inspect",
+        "rm",
+        "gc",
+        "shell",
+        "bench",
+    ] {
         assert!(out.contains(word), "--help lacks {word}: {out}");
     }
     let o = guestbox().arg("--version").output().unwrap();
@@ -46,7 +55,10 @@ fn help_and_version() {
 #[test]
 fn usage_errors_exit_2_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
-        (&["shell"], "not implemented yet"),
+        (
+            &["shell", "--base", "no-such-base-anywhere"],
+            "no base named",
+        ),
         (
             &["run", "--base", "no-such-base-anywhere", "--", "true"],
             "no base named",
@@ -449,4 +461,40 @@ fn windows_bootstrap_emits_media_and_stage_scripts_and_starts_nothing() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("/no/mirror"), "{}", text(&o).1);
+}
+
+#[test]
+fn shell_gives_a_terminal_and_returns_its_exit_code() {
+    // Make sure the default base exists, then drive `guestbox shell` through a pty.
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} shell", env!("CARGO_BIN_EXE_guestbox")),
+            "/dev/null",
+        ])
+        .env("GUESTBOX_HOME", test_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        stdin
+            .write_all(b"echo answer-$((6*7)); tty; exit 3\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stdout.contains("answer-42"), "{stdout}");
+    assert!(
+        stdout.contains("/dev/pts/"),
+        "the guest shell has no terminal: {stdout}"
+    );
 }

@@ -407,6 +407,7 @@ async fn build(
         profile: opts.profile.name().into(),
         inputs: serde_json::to_value(&opts.profile).map_err(|e| Error::Other(e.to_string()))?,
         guestbox_version: env!("CARGO_PKG_VERSION").into(),
+        agent: store::agent_id(),
         qemu_version,
         pair: pair.clone(),
         guest_address: GUEST_ADDRESS.into(),

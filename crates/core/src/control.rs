@@ -4,13 +4,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::{parse_header, Event, FrameKind, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::{Error, Result};
 
 pub struct Control {
-    stream: UnixStream,
+    pub stream: UnixStream,
 }
 
 fn channel_error(e: impl std::fmt::Display) -> Error {
@@ -43,20 +43,32 @@ impl Control {
 
     /// The next frame from the agent.
     pub async fn read_frame(&mut self) -> Result<(FrameKind, Vec<u8>)> {
-        let mut header = [0u8; 5];
-        self.stream
-            .read_exact(&mut header)
-            .await
-            .map_err(channel_error)?;
-        let (kind, len) = parse_header(header).map_err(channel_error)?;
-        let mut payload = vec![0u8; len as usize];
-        self.stream
-            .read_exact(&mut payload)
-            .await
-            .map_err(channel_error)?;
-        Ok((kind, payload))
+        read_frame(&mut self.stream).await
     }
+}
 
+/// Reads one frame from either half of the channel.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<(FrameKind, Vec<u8>)> {
+    let mut header = [0u8; 5];
+    r.read_exact(&mut header).await.map_err(channel_error)?;
+    let (kind, len) = parse_header(header).map_err(channel_error)?;
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).await.map_err(channel_error)?;
+    Ok((kind, payload))
+}
+
+/// Writes one frame to either half of the channel.
+pub async fn write_frame(
+    w: &mut (impl AsyncWrite + Unpin),
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(payload.len() + 5);
+    agent::write_frame(&mut buf, kind, payload).map_err(channel_error)?;
+    w.write_all(&buf).await.map_err(channel_error)
+}
+
+impl Control {
     pub async fn next_event(&mut self) -> Result<Event> {
         loop {
             let (kind, payload) = self.read_frame().await?;

@@ -6,14 +6,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::boot::Vm;
 use crate::boot_image::create_overlay;
 use crate::bootstrap::{
     idle_shares, ram_needs_write_access, setup_pair, socket_dir, start_pair, RunDir,
 };
-use crate::control::Control;
+use crate::control::{read_frame, write_frame, Control};
 use crate::pair::{ControllerShare, PairFiles, PairSockets, RamMode};
 use crate::profile::{GuestJob, GuestMount, Profile};
 use crate::store::{files, Base, Store};
@@ -97,6 +97,8 @@ pub struct RunOptions {
     pub xchg: Option<PathBuf>,
     /// Cold boot readiness timeout.
     pub boot_timeout: Duration,
+    /// Give the command a terminal in the guest with this `$TERM` (`guestbox shell`).
+    pub tty: Option<String>,
 }
 
 /// How long each stage took.
@@ -121,8 +123,22 @@ pub struct Outcome {
 /// What went wrong with a run in a way that has its own exit code.
 pub const TIMEOUT_EXIT: i32 = 124;
 
+/// Refuses a base whose controller agent speaks another protocol than this guestbox.
+pub fn check_agent(base: &Base) -> Result<()> {
+    let m = &base.manifest;
+    if m.agent != crate::store::agent_id() {
+        return Err(Error::Usage(format!(
+            "base {} was made by another build of guestbox ({}; its controller agent differs from this one's): bootstrap it again with this guestbox",
+            &m.id[..12.min(m.id.len())],
+            m.guestbox_version
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses, before QEMU starts, a base this host cannot revive exactly.
 pub async fn check_compatible(base: &Base, qemu: &Path) -> Result<()> {
+    check_agent(base)?;
     let m = &base.manifest;
     let version = qemu_info::version(qemu).await?;
     if version != m.qemu_version {
@@ -205,7 +221,8 @@ fn check_volumes(volumes: &[Volume]) -> Result<Vec<(Volume, PathBuf)>> {
         .collect()
 }
 
-/// Revives `base`, runs the job, streams its output, tears everything down.
+/// Revives `base`, runs the job, streams its output, tears everything down. The command
+/// reads nothing on stdin.
 pub async fn run<O, E>(
     store: &Store,
     base: &Base,
@@ -214,6 +231,31 @@ pub async fn run<O, E>(
     stderr: &mut E,
 ) -> Result<Outcome>
 where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    run_with_stdin(
+        store,
+        base,
+        opts,
+        None::<&mut tokio::io::Empty>,
+        stdout,
+        stderr,
+    )
+    .await
+}
+
+/// [`run`], with `stdin` (if any) forwarded to the command as it arrives.
+pub async fn run_with_stdin<I, O, E>(
+    store: &Store,
+    base: &Base,
+    opts: &RunOptions,
+    stdin: Option<&mut I>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<Outcome>
+where
+    I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
@@ -238,7 +280,9 @@ where
     })?;
     hostcheck::require(hostcheck::VM)?;
     let qemu = hostcheck::path_of(hostcheck::QEMU)?;
-    if !opts.cold {
+    if opts.cold {
+        check_agent(base)?;
+    } else {
         check_compatible(base, &qemu).await?;
     }
     let _hold = base.lock_shared()?;
@@ -316,9 +360,19 @@ where
         time,
         mounts,
         script: profile.run_script(&job),
+        stdin: stdin.is_some(),
+        tty: opts.tty.clone().map(|term| agent::Tty { term }),
     };
     let control = sockets.control();
-    let drive = drive_job(&control, request, stdout, stderr, started, &mut timings);
+    let drive = drive_job(
+        &control,
+        request,
+        stdin,
+        stdout,
+        stderr,
+        started,
+        &mut timings,
+    );
     let result = match opts.timeout {
         Some(limit) => match tokio::time::timeout(limit, drive).await {
             Ok(r) => r,
@@ -440,60 +494,91 @@ fn with_log(e: Error, vm: &Vm) -> Error {
     ))
 }
 
-async fn drive_job<O, E>(
+async fn drive_job<I, O, E>(
     control: &Path,
     request: agent::Run,
+    stdin: Option<&mut I>,
     stdout: &mut O,
     stderr: &mut E,
     started: Instant,
     timings: &mut Timings,
 ) -> Result<i32>
 where
+    I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
     let mut channel = Control::connect(control, Duration::from_secs(10)).await?;
     timings.controller_ready = started.elapsed();
     channel.send(&agent::Request::Run(request)).await?;
-    loop {
-        let (kind, payload) = channel.read_frame().await?;
-        match kind {
-            agent::FrameKind::Stdout => {
-                stdout
-                    .write_all(&payload)
-                    .await
-                    .ctx(|| "writing the command's stdout")?;
-                stdout
-                    .flush()
-                    .await
-                    .ctx(|| "writing the command's stdout")?;
-            }
-            agent::FrameKind::Stderr => {
-                stderr
-                    .write_all(&payload)
-                    .await
-                    .ctx(|| "writing the command's stderr")?;
-                stderr
-                    .flush()
-                    .await
-                    .ctx(|| "writing the command's stderr")?;
-            }
-            agent::FrameKind::Message => {
-                let event: agent::Event = serde_json::from_slice(&payload)
-                    .map_err(|e| Error::Other(format!("controller agent: bad message: {e}")))?;
-                match event {
-                    agent::Event::Started => timings.command_started = started.elapsed(),
-                    agent::Event::Exit { code } => {
-                        timings.command_done = started.elapsed();
-                        return Ok(code);
-                    }
-                    agent::Event::Error { message } => {
-                        return Err(Error::Other(format!("controller: {message}")))
-                    }
-                    other => tracing::debug!(?other, "ignored agent event"),
+    let (mut from_agent, mut to_agent) = channel.stream.split();
+    // Input goes to the agent as it comes, once the command has started (before that the
+    // agent has nowhere to put it); after EOF (an empty frame) this waits forever, so only
+    // the output side below ends the job.
+    let started_signal = tokio::sync::Notify::new();
+    let pump = async {
+        if let Some(input) = stdin {
+            started_signal.notified().await;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = input.read(&mut buf).await.ctx(|| "reading stdin")?;
+                write_frame(&mut to_agent, agent::FrameKind::Stdin, &buf[..n]).await?;
+                if n == 0 {
+                    break;
                 }
             }
         }
+        std::future::pending::<Result<i32>>().await
+    };
+    let output = async {
+        loop {
+            let (kind, payload) = read_frame(&mut from_agent).await?;
+            match kind {
+                agent::FrameKind::Stdout => {
+                    stdout
+                        .write_all(&payload)
+                        .await
+                        .ctx(|| "writing the command's stdout")?;
+                    stdout
+                        .flush()
+                        .await
+                        .ctx(|| "writing the command's stdout")?;
+                }
+                agent::FrameKind::Stderr => {
+                    stderr
+                        .write_all(&payload)
+                        .await
+                        .ctx(|| "writing the command's stderr")?;
+                    stderr
+                        .flush()
+                        .await
+                        .ctx(|| "writing the command's stderr")?;
+                }
+                agent::FrameKind::Stdin => {}
+                agent::FrameKind::Message => {
+                    let event: agent::Event = serde_json::from_slice(&payload)
+                        .map_err(|e| Error::Other(format!("controller agent: bad message: {e}")))?;
+                    match event {
+                        agent::Event::Started => {
+                            timings.command_started = started.elapsed();
+                            started_signal.notify_one();
+                        }
+                        agent::Event::Exit { code } => {
+                            timings.command_done = started.elapsed();
+                            return Ok(code);
+                        }
+                        agent::Event::Error { message } => {
+                            return Err(Error::Other(format!("controller: {message}")))
+                        }
+                        other => tracing::debug!(?other, "ignored agent event"),
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        result = output => result,
+        result = pump => result,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{Error, IoContext, Result};
 pub const MANIFEST: &str = "manifest.json";
 pub const SECRETS: &str = "secrets.json";
 /// Bump when the base layout or the way bases are made changes incompatibly.
-pub const BASE_FORMAT: u32 = 1;
+pub const BASE_FORMAT: u32 = 2;
 
 /// Everything needed to revive a base exactly, and to tell whether this host can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,9 @@ pub struct Manifest {
     /// The profile's inputs (packages, disk size ...), as given.
     pub inputs: serde_json::Value,
     pub guestbox_version: String,
+    /// blake3 of the controller agent inside the base: the host must speak its protocol.
+    #[serde(default)]
+    pub agent: String,
     /// `(major, minor, micro)` of the QEMU that made the snapshot.
     pub qemu_version: (u32, u32, u32),
     pub pair: PairConfig,
@@ -306,6 +309,11 @@ pub fn make_writable(dir: &Path) {
         let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o644));
     }
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+}
+
+/// blake3 of this guestbox's agent, as recorded in the bases it makes.
+pub fn agent_id() -> String {
+    blake3::hash(crate::AGENT).to_hex().to_string()
 }
 
 /// blake3 and size of a file, read in large blocks.

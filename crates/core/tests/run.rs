@@ -225,6 +225,15 @@ async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("QEMU 1.2.3"), "{err}");
     let mut base = common::base().clone();
+    base.manifest.agent = "an older agent".into();
+    let err = guestbox::run::check_compatible(&base, &qemu)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("another build of guestbox"),
+        "{err}"
+    );
+    let mut base = common::base().clone();
     base.manifest.pair.machine = "pc-q35-0.1".into();
     let err = guestbox::run::check_compatible(&base, &qemu)
         .await
@@ -268,4 +277,34 @@ async fn cold_boot_of_the_base_runs_the_same_way() {
     let r = run(o).await.unwrap();
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert_eq!(r.stdout, "cold\n");
+}
+
+#[tokio::test]
+async fn stdin_is_forwarded_when_asked_and_empty_otherwise() {
+    let o = cmd(&[
+        "sh",
+        "-c",
+        "n=0; while read l; do n=$((n+1)); echo \"$n:$l\"; done; echo done",
+    ]);
+    let mut input: &[u8] = b"alpha\nbeta gamma\n";
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let outcome = guestbox::run::run_with_stdin(
+        &common::store(),
+        common::base(),
+        &o,
+        Some(&mut input),
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.exit_code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "1:alpha\n2:beta gamma\ndone\n"
+    );
+    // Without stdin the command sees EOF at once, never a hang.
+    let r = run(cmd(&["sh", "-c", "cat; echo eof"])).await.unwrap();
+    assert_eq!(r.stdout, "eof\n");
 }

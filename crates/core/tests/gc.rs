@@ -1,0 +1,58 @@
+//! `guestbox gc` removes what killed guestboxes left behind, and nothing in use.
+
+use std::fs;
+
+use guestbox::paths::Dirs;
+
+#[test]
+fn gc_removes_leftovers_and_keeps_what_is_in_use() {
+    let home = tempfile::tempdir().unwrap();
+    let dirs = Dirs::under(home.path().to_path_buf());
+    let bases = home.path().join("bases");
+    let images = dirs.images();
+    let runs = home.path().join("runs");
+    for d in [&bases, &images, &runs] {
+        fs::create_dir_all(d).unwrap();
+    }
+    // A half-made base and image whose builders died, a half-removed base.
+    let dead_base = bases.join(".tmp-aaaa-X1");
+    let dead_image = images.join(".tmp-guest-bbbb-Y2");
+    let dead_rm = bases.join(".rm-cccc-123");
+    // A base being built right now: its builder holds `.dddd.lock`.
+    let busy_base = bases.join(".tmp-dddd-Z3");
+    for d in [&dead_base, &dead_image, &dead_rm, &busy_base] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("sub/file"), vec![7u8; 10_000]).unwrap();
+    }
+    let builder_lock = fs::File::create(bases.join(".dddd.lock")).unwrap();
+    builder_lock.lock().unwrap();
+    // A run that died (its lock is free) and one that is alive (lock held).
+    let dead_run = runs.join("run-dead");
+    let live_run = runs.join("run-live");
+    for d in [&dead_run, &live_run] {
+        fs::create_dir_all(d).unwrap();
+        fs::write(d.join("guest.qcow2"), b"overlay").unwrap();
+    }
+    fs::File::create(dead_run.join("lock")).unwrap();
+    let run_lock = fs::File::create(live_run.join("lock")).unwrap();
+    run_lock.lock().unwrap();
+    // A finished base is never touched.
+    let real_base = bases.join("eeee");
+    fs::create_dir_all(&real_base).unwrap();
+    fs::write(real_base.join("manifest.json"), b"{}").unwrap();
+
+    let report = guestbox::gc::collect(&dirs).unwrap();
+    for gone in [&dead_base, &dead_image, &dead_rm, &dead_run] {
+        assert!(!gone.exists(), "{} survived gc", gone.display());
+    }
+    for kept in [&busy_base, &live_run, &real_base] {
+        assert!(
+            kept.exists(),
+            "gc removed {} which is in use",
+            kept.display()
+        );
+    }
+    assert_eq!(report.removed.len(), 4, "{:?}", report.removed);
+    assert!(report.bytes >= 30_000, "{} bytes", report.bytes);
+    drop((builder_lock, run_lock));
+}

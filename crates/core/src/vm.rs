@@ -147,7 +147,7 @@ impl Default for Rtc {
 }
 
 /// QEMU option values separate fields with commas; a literal comma is written twice.
-fn value(path: &Path) -> Result<String> {
+pub(crate) fn value(path: &Path) -> Result<String> {
     let text = path.to_str().ok_or_else(|| {
         Error::Usage(format!(
             "path {} is not valid UTF-8; QEMU options need UTF-8 paths",

@@ -67,7 +67,7 @@ use crate::hostcheck::Program;
 use crate::pair::{share_tags, PairSockets};
 use crate::profile::{sh_quote, GuestJob, GUEST_SHARE_ROOT};
 use crate::vm::{
-    Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, VmSpec,
+    value, Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, VmSpec,
 };
 use crate::{Error, IoContext, Result};
 
@@ -423,17 +423,6 @@ pub struct WindowsExtras {
     /// A standard VGA card.
     pub vga: bool,
     pub tpm: Option<TpmDevice>,
-}
-
-/// QEMU option values separate fields with commas; a literal comma is written twice.
-fn value(path: &Path) -> Result<String> {
-    let text = path.to_str().ok_or_else(|| {
-        Error::Usage(format!(
-            "path {} is not valid UTF-8; QEMU options need UTF-8 paths",
-            path.display()
-        ))
-    })?;
-    Ok(text.replace(',', ",,"))
 }
 
 impl WindowsExtras {

@@ -30,6 +30,66 @@ const PATH_EXCLUDES: &[&str] = &[
     "--dpkgopt=path-include=/usr/share/locale/locale.alias",
 ];
 
+const APT_HELPER: &str = "/usr/lib/apt/apt-helper";
+
+/// `source` with its index fingerprint: fetched from the mirror (apt's own downloader, which
+/// mmdebstrap needs anyway), or, when the mirror cannot be reached, the one the last images
+/// of this source were built with, so cached images keep working offline.
+pub async fn pin_index(
+    cache: &super::cache::ArtifactCache,
+    source: &DebianSource,
+    progress: &crate::progress::Progress,
+) -> Result<DebianSource> {
+    let family = super::cache::Key::new("index", &(&source.suite, &source.mirror))?;
+    let pointer = cache.root().join(format!("index-{}.txt", family.hash));
+    let mut pinned = source.clone();
+    match fetch_index(source).await {
+        Ok(fingerprint) => {
+            std::fs::create_dir_all(cache.root())
+                .ctx(|| format!("creating {}", cache.root().display()))?;
+            let tmp = pointer.with_extension("tmp");
+            std::fs::write(&tmp, &fingerprint).ctx(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &pointer).ctx(|| format!("writing {}", pointer.display()))?;
+            pinned.index = Some(fingerprint);
+        }
+        Err(e) => match std::fs::read_to_string(&pointer) {
+            Ok(fingerprint) => {
+                progress.note(&format!(
+                    "cannot reach {} ({e}); using the images built from its last known index",
+                    source.mirror
+                ));
+                pinned.index = Some(fingerprint.trim().to_string());
+            }
+            Err(_) => {
+                return Err(Error::Other(format!(
+                    "cannot reach the Debian mirror {} to build images, and none are cached: {e}. \
+                     Set GUESTBOX_DEBIAN_MIRROR to a reachable mirror",
+                    source.mirror
+                )))
+            }
+        },
+    }
+    Ok(pinned)
+}
+
+async fn fetch_index(source: &DebianSource) -> Result<String> {
+    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+    let file = dir.path().join("InRelease");
+    let url = format!(
+        "{}/dists/{}/InRelease",
+        source.mirror.trim_end_matches('/'),
+        source.suite
+    );
+    let file_s = file.to_string_lossy().into_owned();
+    let args = ["download-file", url.as_str(), file_s.as_str()];
+    let fetch = crate::process::run_tool("fetching the Debian index", Path::new(APT_HELPER), &args);
+    tokio::time::timeout(std::time::Duration::from_secs(30), fetch)
+        .await
+        .map_err(|_| Error::Other(format!("{url}: no answer within 30 s")))??;
+    let bytes = std::fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
+    Ok(blake3::hash(&bytes).to_hex()[..24].to_string())
+}
+
 /// Image builds create root-owned files and device nodes: they need root.
 pub fn require_root() -> Result<()> {
     // SAFETY: plain syscall without arguments.
@@ -123,4 +183,43 @@ pub async fn mmdebstrap(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::cache::{ArtifactCache, Key};
+    use crate::progress::Progress;
+
+    #[tokio::test]
+    async fn an_unreachable_mirror_falls_back_to_the_last_known_index_or_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().join("images"));
+        // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+        let source = DebianSource {
+            suite: "bookworm".into(),
+            mirror: "http://127.0.0.1:9/debian".into(),
+            index: None,
+        };
+        let err = pin_index(&cache, &source, &Progress::quiet())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot reach the Debian mirror") && text.contains("none are cached"),
+            "{text}"
+        );
+        let family = Key::new("index", &(&source.suite, &source.mirror)).unwrap();
+        std::fs::create_dir_all(cache.root()).unwrap();
+        std::fs::write(
+            cache.root().join(format!("index-{}.txt", family.hash)),
+            "abc123\n",
+        )
+        .unwrap();
+        let pinned = pin_index(&cache, &source, &Progress::quiet())
+            .await
+            .unwrap();
+        assert_eq!(pinned.index.as_deref(), Some("abc123"));
+        assert_eq!(pinned.mirror, source.mirror);
+    }
 }

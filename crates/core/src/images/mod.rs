@@ -27,6 +27,11 @@ pub const RECIPE_VERSION: u32 = 2;
 pub struct DebianSource {
     pub suite: String,
     pub mirror: String,
+    /// Fingerprint (blake3) of the suite's signed index (`InRelease`) at build time. It is
+    /// part of every image key, so a mirror that now resolves other package versions gives
+    /// new images; None until [`ensure`] fills it in.
+    #[serde(default)]
+    pub index: Option<String>,
 }
 
 impl Default for DebianSource {
@@ -37,6 +42,7 @@ impl Default for DebianSource {
                 .ok()
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
+            index: None,
         }
     }
 }
@@ -80,6 +86,8 @@ pub async fn ensure(
     progress: &Progress,
 ) -> Result<Images> {
     let cache = cache::ArtifactCache::new(dirs.images());
+    let pinned = debian::pin_index(&cache, source, progress).await?;
+    let source = &pinned;
     let kernel = kernel::ensure(&cache, source, progress).await?;
     let guest_initrd = initramfs::ensure(&cache, &kernel, initramfs::Role::Guest).await?;
     let controller_initrd = initramfs::ensure(&cache, &kernel, initramfs::Role::Controller).await?;

@@ -45,6 +45,45 @@ fn abandoned(dir: &Path) -> bool {
     }
 }
 
+/// Index fingerprints the image cache currently builds from (one per mirror and suite).
+fn current_indexes(images: &Path) -> Vec<String> {
+    fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index-"))
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+fn image_is_stale(images: &Path, artifact: &Path) -> bool {
+    let Ok(text) = fs::read(artifact.join(crate::images::cache::INPUTS_FILE)) else {
+        return false;
+    };
+    let Ok(inputs) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return false;
+    };
+    if inputs["recipe"].as_u64() != Some(u64::from(crate::images::RECIPE_VERSION)) {
+        return true;
+    }
+    if let Some(index) = inputs["source"]["index"].as_str() {
+        let current = current_indexes(images);
+        if !current.is_empty() && !current.iter().any(|c| c == index) {
+            return true;
+        }
+    }
+    if let Some(kernel) = inputs["kernel"].as_str() {
+        if !images.join(kernel).is_dir() {
+            return true;
+        }
+    }
+    match inputs["agent"].as_str() {
+        Some(agent) if !agent.is_empty() => agent != crate::store::agent_id(),
+        _ => false,
+    }
+}
+
 pub fn collect(dirs: &Dirs) -> Result<Report> {
     let store = Store::new(dirs);
     let mut report = Report::default();
@@ -72,6 +111,20 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
                 .unwrap_or(false);
             if !busy {
                 take(&e.path(), &mut report);
+            }
+        }
+    }
+    // Images superseded by a newer recipe, a newer suite index or a newer agent. Kernels and
+    // root disks first, then initramfs images whose kernel is gone.
+    for pass in [false, true] {
+        for e in fs::read_dir(dirs.images()).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !path.is_dir() || name.starts_with("initrd-") != pass {
+                continue;
+            }
+            if image_is_stale(&dirs.images(), &path) {
+                take(&path, &mut report);
             }
         }
     }

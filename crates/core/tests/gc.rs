@@ -41,7 +41,45 @@ fn gc_removes_leftovers_and_keeps_what_is_in_use() {
     fs::create_dir_all(&real_base).unwrap();
     fs::write(real_base.join("manifest.json"), b"{}").unwrap();
 
+    // Images: one from an old recipe, one from a superseded index, one current; an initramfs
+    // of a kernel that is gone.
+    fs::write(images.join("index-aaaa.txt"), "current-index\n").unwrap();
+    let image = |name: &str, inputs: serde_json::Value| {
+        let d = images.join(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("inputs.json"), inputs.to_string()).unwrap();
+        d
+    };
+    let recipe = guestbox::images::RECIPE_VERSION;
+    let old_recipe = image(
+        "kernel-old",
+        serde_json::json!({"recipe": 0, "source": {"index": "current-index"}}),
+    );
+    let old_index = image(
+        "guest-old",
+        serde_json::json!({"recipe": recipe, "source": {"index": "older-index"}}),
+    );
+    let current = image(
+        "kernel-new",
+        serde_json::json!({"recipe": recipe, "source": {"index": "current-index"}}),
+    );
+    let orphan = image(
+        "initrd-guest-x",
+        serde_json::json!({"recipe": recipe, "kernel": "kernel-old"}),
+    );
+    let kept_initrd = image(
+        "initrd-guest-y",
+        serde_json::json!({"recipe": recipe, "kernel": "kernel-new"}),
+    );
+
     let report = guestbox::gc::collect(&dirs).unwrap();
+    for gone in [&old_recipe, &old_index, &orphan] {
+        assert!(!gone.exists(), "stale image {} survived gc", gone.display());
+    }
+    assert!(
+        current.exists() && kept_initrd.exists(),
+        "gc removed current images"
+    );
     for gone in [&dead_base, &dead_image, &dead_rm, &dead_run] {
         assert!(!gone.exists(), "{} survived gc", gone.display());
     }
@@ -52,7 +90,7 @@ fn gc_removes_leftovers_and_keeps_what_is_in_use() {
             kept.display()
         );
     }
-    assert_eq!(report.removed.len(), 4, "{:?}", report.removed);
+    assert_eq!(report.removed.len(), 7, "{:?}", report.removed);
     assert!(report.bytes >= 30_000, "{} bytes", report.bytes);
     drop((builder_lock, run_lock));
 }

@@ -67,7 +67,8 @@ fn image_is_stale(images: &Path, artifact: &Path) -> bool {
     if inputs["recipe"].as_u64() != Some(u64::from(crate::images::RECIPE_VERSION)) {
         return true;
     }
-    if let Some(index) = inputs["source"]["index"].as_str() {
+    if inputs["source"].is_object() {
+        let index = inputs["source"]["index"].as_str().unwrap_or_default();
         let current = current_indexes(images);
         if !current.is_empty() && !current.iter().any(|c| c == index) {
             return true;

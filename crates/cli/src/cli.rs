@@ -39,6 +39,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Show a base's manifest.
     Inspect(InspectArgs),
+    /// Check every file of a base against the checksums in its manifest.
+    Verify(InspectArgs),
     /// Remove bases (not while a run uses them).
     Rm(RmArgs),
     /// Remove half-made bases and images, and run directories of runs that died.

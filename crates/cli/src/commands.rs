@@ -54,6 +54,24 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+        Command::Verify(args) => {
+            let base = store()?.resolve(&args.base)?;
+            let problems = guestbox::store::verify(&base)?;
+            if problems.is_empty() {
+                println!(
+                    "base {}: all {} files intact",
+                    base.manifest.id,
+                    base.manifest.files.len()
+                );
+                return Ok(0);
+            }
+            Err(Error::Other(format!(
+                "base {} is damaged; remove it with `guestbox rm {}` and bootstrap again:\n  {}",
+                base.manifest.id,
+                &base.manifest.id[..12.min(base.manifest.id.len())],
+                problems.join("\n  ")
+            )))
+        }
         Command::Rm(args) => {
             let store = store()?;
             for what in &args.bases {

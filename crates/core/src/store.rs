@@ -311,6 +311,33 @@ pub fn make_writable(dir: &Path) {
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
 }
 
+/// What `verify` found wrong with a base's files, one line each; empty when intact.
+pub fn verify(base: &Base) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for name in files::ALL {
+        let path = base.file(name);
+        let Some(expected) = base.manifest.files.get(*name) else {
+            problems.push(format!("{name}: not in the manifest"));
+            continue;
+        };
+        match checksum(&path) {
+            Ok(actual) if &actual == expected => {}
+            Ok(actual) if actual.size != expected.size => problems.push(format!(
+                "{}: {} bytes, the manifest says {}",
+                path.display(),
+                actual.size,
+                expected.size
+            )),
+            Ok(_) => problems.push(format!(
+                "{}: content differs from the manifest's checksum",
+                path.display()
+            )),
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(problems)
+}
+
 /// blake3 of this guestbox's agent, as recorded in the bases it makes.
 pub fn agent_id() -> String {
     blake3::hash(crate::AGENT).to_hex().to_string()

@@ -179,3 +179,56 @@ async fn a_failed_bootstrap_registers_nothing() {
     }
     assert!(busy.is_empty(), "processes left: {busy:?}");
 }
+
+#[test]
+fn verify_finds_a_flipped_byte_in_a_copy_of_a_base() {
+    let base = common::base();
+    assert!(
+        guestbox::store::verify(base).unwrap().is_empty(),
+        "the test base is damaged"
+    );
+    // A sparse copy of the base, with one byte of the guest's device state flipped.
+    let copy = tempfile::tempdir().unwrap();
+    let dest = copy.path().join("b");
+    let st = std::process::Command::new("cp")
+        .args(["-r", "--sparse=always"])
+        .arg(&base.dir)
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let state = dest.join(files::GUEST_STATE);
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&state, bytes).unwrap();
+    let mut damaged = base.clone();
+    damaged.dir = dest.clone();
+    let problems = guestbox::store::verify(&damaged).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("guest.state") && problems[0].contains("checksum"),
+        "{problems:?}"
+    );
+    // Truncation is named with the sizes.
+    std::fs::set_permissions(
+        dest.join(files::KERNEL),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest.join(files::KERNEL))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let problems = guestbox::store::verify(&damaged).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("vmlinuz") && p.contains("100 bytes")),
+        "{problems:?}"
+    );
+    guestbox::store::make_writable(&dest);
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,7 +14,7 @@ use crate::accel::{self, AccelChoice};
 use crate::boot::Vm;
 use crate::boot_image::kernel_append;
 use crate::control::Control;
-use crate::images::cache::remove_build_dir;
+use crate::images::cache::{lock_exclusive, BuildDir};
 use crate::images::rootfs::{CONTROLLER_ADDRESS, GUEST_ADDRESS, GUEST_READY_MARKER};
 use crate::images::{self, DebianSource, Images};
 use crate::pair::{share_tags, ControllerShare, PairConfig, PairFiles, PairSockets, RamMode};
@@ -124,14 +124,9 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         ],
     };
     let id = crate::images::cache::Key::new("base", &inputs)?.hash;
-    let lock_path = store.bases.join(format!(".{id}.lock"));
-    let lock = fs::File::create(&lock_path).ctx(|| format!("creating {}", lock_path.display()))?;
-    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-        .await
-        .map_err(|e| Error::Other(format!("waiting for the base lock: {e}")))?
-        .ctx(|| format!("locking {}", lock_path.display()))?;
+    let lock = lock_exclusive(&store.bases.join(format!(".{id}.lock"))).await?;
     if !store.base_dir(&id).join(store::MANIFEST).is_file() {
-        let tmp = TempBase::create(&store.bases, &id)?;
+        let tmp = BuildDir::create(&store.bases, &id)?;
         build(
             &qemu,
             &built,
@@ -139,12 +134,12 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
             qemu_version,
             opts,
             &id,
-            &tmp.0,
+            tmp.path(),
             &store,
             progress,
         )
         .await?;
-        fs::rename(&tmp.0, store.base_dir(&id)).ctx(|| format!("registering base {id}"))?;
+        fs::rename(tmp.path(), store.base_dir(&id)).ctx(|| format!("registering base {id}"))?;
     } else {
         progress.note(&format!("base {} is already bootstrapped", &id[..12]));
     }
@@ -153,28 +148,6 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         store.set_name(name, &id)?;
     }
     store.load(&id)
-}
-
-/// A base under construction; removed unless renamed into place.
-struct TempBase(PathBuf);
-
-impl TempBase {
-    fn create(bases: &Path, id: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{id}-"))
-            .tempdir_in(bases)
-            .ctx(|| format!("creating a build directory in {}", bases.display()))?;
-        Ok(Self(dir.keep()))
-    }
-}
-
-impl Drop for TempBase {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            store::make_writable(&self.0);
-            remove_build_dir(&self.0);
-        }
-    }
 }
 
 /// A pair's sockets, consoles and overlays, under the runs directory. Removed on drop;

@@ -55,6 +55,45 @@ pub enum RamMode {
     },
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Vm {
+    Guest,
+    Controller,
+}
+
+impl RamMode {
+    /// How `vm`'s RAM is backed, and whether it waits for a saved state (`-incoming`).
+    fn backing(&self, vm: Vm) -> (Memory, bool) {
+        let pick = |guest: &PathBuf, controller: &PathBuf| match vm {
+            Vm::Guest => guest.clone(),
+            Vm::Controller => controller.clone(),
+        };
+        match self {
+            RamMode::Anonymous => (Memory::Anonymous, false),
+            RamMode::Shared { guest, controller } => (
+                Memory::File {
+                    path: pick(guest, controller),
+                    shared: true,
+                    readonly: false,
+                },
+                false,
+            ),
+            RamMode::Revive {
+                guest,
+                controller,
+                readonly,
+            } => (
+                Memory::File {
+                    path: pick(guest, controller),
+                    shared: false,
+                    readonly: *readonly,
+                },
+                true,
+            ),
+        }
+    }
+}
+
 /// A host directory given to the controller over 9p under `tag`.
 #[derive(Debug, Clone)]
 pub struct ControllerShare {
@@ -106,27 +145,7 @@ impl PairSockets {
 
 impl PairConfig {
     pub fn guest_spec(&self, files: &PairFiles, ram: &RamMode, sockets: &PairSockets) -> VmSpec {
-        let (memory, incoming) = match ram {
-            RamMode::Anonymous => (Memory::Anonymous, false),
-            RamMode::Shared { guest, .. } => (
-                Memory::File {
-                    path: guest.clone(),
-                    shared: true,
-                    readonly: false,
-                },
-                false,
-            ),
-            RamMode::Revive {
-                guest, readonly, ..
-            } => (
-                Memory::File {
-                    path: guest.clone(),
-                    shared: false,
-                    readonly: *readonly,
-                },
-                true,
-            ),
-        };
+        let (memory, incoming) = ram.backing(Vm::Guest);
         VmSpec {
             name: "guest".into(),
             accel: self.accel,
@@ -175,29 +194,7 @@ impl PairConfig {
         sockets: &PairSockets,
         shares: &[ControllerShare],
     ) -> VmSpec {
-        let (memory, incoming) = match ram {
-            RamMode::Anonymous => (Memory::Anonymous, false),
-            RamMode::Shared { controller, .. } => (
-                Memory::File {
-                    path: controller.clone(),
-                    shared: true,
-                    readonly: false,
-                },
-                false,
-            ),
-            RamMode::Revive {
-                controller,
-                readonly,
-                ..
-            } => (
-                Memory::File {
-                    path: controller.clone(),
-                    shared: false,
-                    readonly: *readonly,
-                },
-                true,
-            ),
-        };
+        let (memory, incoming) = ram.backing(Vm::Controller);
         VmSpec {
             name: "controller".into(),
             accel: self.accel,

@@ -73,48 +73,58 @@ impl ArtifactCache {
             return Ok(done);
         }
         fs::create_dir_all(&self.root).ctx(|| format!("creating {}", self.root.display()))?;
-        let lock_path = self.root.join(format!(".{}.lock", key.dir_name()));
-        let lock = File::create(&lock_path).ctx(|| format!("creating {}", lock_path.display()))?;
-        // Blocking wait in a blocking-safe thread: another guestbox may be building this.
-        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-            .await
-            .map_err(|e| Error::Other(format!("waiting for the image lock: {e}")))?
-            .ctx(|| format!("locking {}", lock_path.display()))?;
+        let lock = lock_exclusive(&self.root.join(format!(".{}.lock", key.dir_name()))).await?;
         if done.is_dir() {
             return Ok(done);
         }
         let tmp = BuildDir::create(&self.root, &key.dir_name())?;
-        build(tmp.path.clone()).await?;
+        build(tmp.path().to_path_buf()).await?;
         let record = serde_json::to_vec_pretty(inputs)
             .map_err(|e| Error::Other(format!("recording inputs: {e}")))?;
-        let record_path = tmp.path.join(INPUTS_FILE);
+        let record_path = tmp.path().join(INPUTS_FILE);
         fs::write(&record_path, record).ctx(|| format!("writing {}", record_path.display()))?;
-        fs::rename(&tmp.path, &done).ctx(|| format!("registering {}", done.display()))?;
+        fs::rename(tmp.path(), &done).ctx(|| format!("registering {}", done.display()))?;
         drop(lock);
         Ok(done)
     }
 }
 
-/// A build directory that is removed unless it was renamed into place. Tools like
-/// mmdebstrap mount /proc and friends inside it; if one is killed mid-build those mounts
-/// stay, so they are detached first and removal never walks into a mounted filesystem.
-struct BuildDir {
+/// Takes the exclusive lock on `path` (created if absent), waiting on a blocking-safe
+/// thread: another guestbox may be building the same thing.
+pub async fn lock_exclusive(path: &Path) -> Result<File> {
+    let lock = File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| Error::Other(format!("waiting for {}: {e}", path.display())))?
+        .ctx(|| format!("locking {}", path.display()))
+}
+
+/// A build directory (`.tmp-<name>-*` in `root`: images and bases alike) that is removed
+/// unless it was renamed into place. Tools like mmdebstrap mount /proc and friends inside
+/// it; if one is killed mid-build those mounts stay, so they are detached first and removal
+/// never walks into a mounted filesystem. Sealed (read-only) files are made writable first.
+pub struct BuildDir {
     path: PathBuf,
 }
 
 impl BuildDir {
-    fn create(root: &Path, name: &str) -> Result<Self> {
+    pub fn create(root: &Path, name: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!(".tmp-{name}-"))
             .tempdir_in(root)
             .ctx(|| format!("creating a build directory in {}", root.display()))?;
         Ok(Self { path: dir.keep() })
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl Drop for BuildDir {
     fn drop(&mut self) {
         if self.path.exists() {
+            crate::store::make_writable(&self.path);
             remove_build_dir(&self.path);
         }
     }

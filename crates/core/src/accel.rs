@@ -168,6 +168,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         .prefix("kvm-probe-")
         .tempdir_in(scratch)
         .map_err(|e| Error::Other(format!("creating a probe directory: {e}")))?;
+    let short = crate::short_dir::ShortDir::open(dir.path())?;
     let spec = VmSpec {
         name: "kvm-probe".into(),
         accel: Accel::Kvm,
@@ -186,9 +187,10 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         ports: vec![],
         shares: vec![],
         console_log: dir.path().join("console.log"),
-        qmp_socket: dir.path().join("qmp.sock"),
+        qmp_socket: short.join("qmp.sock"),
         rtc: Rtc::default(),
         incoming: false,
+        inherit: Some(short.clone()),
     };
     let mut vm = Vm::start(qemu, spec)?;
     let result = vm.wait_for_console(PROBE_MARKER, PROBE_TIMEOUT).await;

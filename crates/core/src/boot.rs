@@ -23,7 +23,8 @@ impl Vm {
         let argv = spec.argv()?;
         tracing::debug!(vm = %spec.name, ?argv, "qemu command line");
         let stderr = stderr_path(&spec.console_log);
-        let process = Supervised::spawn(&spec.name, qemu, &argv, &stderr)?;
+        let inherit = spec.inherit.as_ref().map(|d| d.fd());
+        let process = Supervised::spawn_inheriting(&spec.name, qemu, &argv, &stderr, inherit)?;
         Ok(Self {
             spec,
             process,

@@ -9,6 +9,7 @@ use crate::boot::Vm;
 use crate::images::rootfs::GUEST_READY_MARKER;
 use crate::images::Images;
 use crate::paths::Dirs;
+use crate::short_dir::ShortDir;
 use crate::vm::{
     Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, SerialPort, VmSpec,
 };
@@ -85,7 +86,8 @@ pub async fn boot_to_ready(
     let overlay = dir.join("disk.qcow2");
     create_overlay(&rootfs.disk, &overlay).await?;
     let machine = qemu_info::resolve_machine(qemu, "q35").await?;
-    let control = dir.join("control.sock");
+    let short = ShortDir::open(dir)?;
+    let control = short.join("control.sock");
     let spec = VmSpec {
         name: which.name().into(),
         accel,
@@ -109,8 +111,8 @@ pub async fn boot_to_ready(
             model: NicModel::VirtioNet,
             mac: "52:54:00:00:00:01".into(),
             link: Link::UnixDgram {
-                local: dir.join("link-local.sock"),
-                remote: dir.join("link-peer.sock"),
+                local: short.join("link-local.sock"),
+                remote: short.join("link-peer.sock"),
             },
         }],
         ports: match which {
@@ -122,9 +124,10 @@ pub async fn boot_to_ready(
         },
         shares: vec![],
         console_log: dir.join("console.log"),
-        qmp_socket: dir.join("qmp.sock"),
+        qmp_socket: short.join("qmp.sock"),
         rtc: Rtc::default(),
         incoming: false,
+        inherit: Some(short.clone()),
     };
     let keep = runs.join(format!("last-boot-{}.log", which.name()));
     let result = boot_and_stop(qemu, spec, which, marker, timeout, &control).await;

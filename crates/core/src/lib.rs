@@ -22,6 +22,7 @@ pub mod profile;
 pub mod progress;
 pub mod qemu_info;
 pub mod run;
+pub mod short_dir;
 pub mod snapshot;
 pub mod store;
 pub mod vm;

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
+use crate::short_dir::ShortDir;
 use crate::vm::{
     Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, SerialPort, Share9p,
     VmSpec,
 };
-use crate::{Error, Result};
+use crate::Result;
 
 /// How the pair is built: everything that must be identical between a snapshot and its
 /// revive. Recorded in the base manifest.
@@ -105,38 +106,52 @@ pub struct ControllerShare {
 pub const GUEST_MAC: &str = "52:54:00:00:00:01";
 pub const CONTROLLER_MAC: &str = "52:54:00:00:00:02";
 
-/// Sockets and logs of one pair, in one directory. Unix socket paths are limited to 107
-/// bytes, so that directory should be short (it lives under the runs directory).
+/// Sockets and logs of one pair, in one directory.
 #[derive(Debug, Clone)]
 pub struct PairSockets {
+    /// Where the files are: logs are named by this path.
     pub dir: PathBuf,
+    /// Sockets are named through this short handle (see [`ShortDir`]); None: relative to
+    /// `dir`, for scripts that run in its parent.
+    short: Option<ShortDir>,
 }
 
 impl PairSockets {
+    /// The pair in `dir`, which must exist and outlive the VMs.
     pub fn new(dir: &Path) -> Result<Self> {
-        let s = Self {
+        Ok(Self {
             dir: dir.to_path_buf(),
-        };
-        let longest = s.dir.join("qmp-controller.sock");
-        if longest.as_os_str().len() > 100 {
-            return Err(Error::Usage(format!(
-                "{} is too long a path for unix sockets (limit ~100 bytes); set GUESTBOX_HOME to a shorter directory",
-                s.dir.display()
-            )));
+            short: Some(ShortDir::open(dir)?),
+        })
+    }
+    /// Sockets named `dir/NAME` as they are, for emitted scripts where `dir` is relative.
+    pub fn relative(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            short: None,
         }
-        Ok(s)
+    }
+    /// What each QEMU of the pair must inherit for the socket paths to work.
+    pub fn inherit(&self) -> Option<ShortDir> {
+        self.short.clone()
+    }
+    pub fn socket(&self, name: &str) -> PathBuf {
+        match &self.short {
+            Some(short) => short.join(name),
+            None => self.dir.join(name),
+        }
     }
     pub fn guest_link(&self) -> PathBuf {
-        self.dir.join("link-guest.sock")
+        self.socket("link-guest.sock")
     }
     pub fn controller_link(&self) -> PathBuf {
-        self.dir.join("link-ctl.sock")
+        self.socket("link-ctl.sock")
     }
     pub fn control(&self) -> PathBuf {
-        self.dir.join("control.sock")
+        self.socket("control.sock")
     }
     pub fn qmp(&self, vm: &str) -> PathBuf {
-        self.dir.join(format!("qmp-{vm}.sock"))
+        self.socket(&format!("qmp-{vm}.sock"))
     }
     pub fn console(&self, vm: &str) -> PathBuf {
         self.dir.join(format!("{vm}.console.log"))
@@ -182,6 +197,7 @@ impl PairConfig {
                 vm_clock: true,
             },
             incoming,
+            inherit: sockets.inherit(),
         }
     }
 
@@ -241,6 +257,7 @@ impl PairConfig {
                 vm_clock: true,
             },
             incoming,
+            inherit: sockets.inherit(),
         }
     }
 }

@@ -52,6 +52,17 @@ impl Supervised {
         args: &[impl AsRef<OsStr>],
         stderr_path: &Path,
     ) -> Result<Self> {
+        Self::spawn_inheriting(name, program, args, stderr_path, None)
+    }
+
+    /// Like [`Self::spawn`], and the child keeps descriptor `inherit` at the same number.
+    pub fn spawn_inheriting(
+        name: &str,
+        program: &Path,
+        args: &[impl AsRef<OsStr>],
+        stderr_path: &Path,
+        inherit: Option<std::os::fd::RawFd>,
+    ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
         let mut std_cmd = std::process::Command::new(program);
@@ -61,6 +72,18 @@ impl Supervised {
             .stdout(Stdio::null())
             .stderr(stderr);
         supervise(&mut std_cmd);
+        if let Some(fd) = inherit {
+            // SAFETY: fcntl is async-signal-safe. Clearing close-on-exec in the child only
+            // leaves our own descriptor untouched.
+            unsafe {
+                std_cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut cmd = Command::from(std_cmd);
         cmd.kill_on_drop(true);
         let child = cmd

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
+use crate::short_dir::ShortDir;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,9 @@ pub struct VmSpec {
     pub rtc: Rtc,
     /// Start paused, waiting for `migrate-incoming` (revive from a snapshot).
     pub incoming: bool,
+    /// A directory QEMU inherits, so that paths through [`ShortDir::join`] work in it.
+    #[serde(skip)]
+    pub inherit: Option<ShortDir>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +400,7 @@ mod tests {
             qmp_socket: "/r/qmp.sock".into(),
             rtc: Rtc::default(),
             incoming: false,
+            inherit: None,
         }
     }
 

@@ -340,7 +340,8 @@ pub struct WindowsPaths {
 
 impl WindowsPaths {
     /// The standard layout: disk, media, firmware variables and TPM state in `dir`,
-    /// sockets and logs in `run_dir` (keep it short: unix socket paths are limited).
+    /// sockets and logs in `run_dir`, named as given (the emitted scripts run in the
+    /// base's directory, so relative names stay short enough for unix sockets).
     pub fn new(dir: &Path, run_dir: &Path, windows_iso: &Path) -> Result<Self> {
         Ok(WindowsPaths {
             disk: dir.join(DISK_FILE),
@@ -349,14 +350,14 @@ impl WindowsPaths {
             cygwin_iso: dir.join(media::windows::CYGWIN_ISO_FILE),
             ovmf_vars: dir.join(OVMF_VARS_FILE),
             tpm_state: dir.join(TPM_DIR),
-            sockets: PairSockets::new(run_dir)?,
+            sockets: PairSockets::relative(run_dir),
             first_boot_ram: None,
         })
     }
 
     /// swtpm's control socket, which QEMU connects to.
     pub fn tpm_socket(&self) -> PathBuf {
-        self.sockets.dir.join("swtpm.sock")
+        self.sockets.socket("swtpm.sock")
     }
 }
 
@@ -689,6 +690,7 @@ fn stage(
         qmp_socket: paths.sockets.qmp("guest"),
         rtc: rtc(settings),
         incoming: false,
+        inherit: paths.sockets.inherit(),
     };
 
     let pm = if q35 { "ICH9-LPC" } else { "PIIX4_PM" };

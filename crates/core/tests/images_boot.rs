@@ -77,6 +77,7 @@ fn guest_spec(dir: &std::path::Path, init: &str, disk: std::path::PathBuf) -> Vm
         qmp_socket: dir.join("qmp.sock"),
         rtc: Rtc::default(),
         incoming: false,
+        inherit: None,
     }
 }
 

@@ -16,7 +16,9 @@ pub fn test_home() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../target/guestbox-test-home"
+                // Deep on purpose: a run's socket paths under it are longer than unix
+                // sockets allow, which guestbox must handle (see short_dir.rs).
+                "/../../target/guestbox-test-home/deep-on-purpose-to-exceed-the-unix-socket-path-limit"
             ))
         })
 }

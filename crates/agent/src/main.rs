@@ -523,7 +523,7 @@ fn do_run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32>
         OwnedFd::from(File::open("/dev/null")?)
     };
     let master = format!("{SSH_DIR}/master");
-    let session = mux::open(
+    let mut session = mux::open(
         Path::new(&master),
         &job.script,
         job.tty.as_ref().map(|t| t.term.as_str()),
@@ -566,6 +566,8 @@ fn do_run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32>
         pump.join()
             .map_err(|_| io::Error::other("output pump panicked"))??;
     }
+    // Only now: the master has written all output (see Session::wait).
+    drop(session);
     let code = code?;
     // As in the original: the exit code also lands in the exchange directory.
     if job.mounts.iter().any(|m| m.tag == XCHG_TAG) {

@@ -168,8 +168,10 @@ pub fn open(
 }
 
 impl Session {
-    /// The command's exit status, once the session ends.
-    pub fn wait(mut self) -> io::Result<i32> {
+    /// The command's exit status, once the command ends. The master may still hold output
+    /// for the session's descriptors then: keep the session (its control connection) until
+    /// they reach EOF, for closing it makes the master drop whatever it has not written.
+    pub fn wait(&mut self) -> io::Result<i32> {
         loop {
             let packet = match read_packet(&mut self.sock) {
                 Ok(p) => p,

@@ -199,6 +199,13 @@ pub struct BenchArgs {
     pub big_memory: u64,
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// Instead of the speed table: the reliability figures, N runs one after another
+    /// (descriptors, processes, disk use, drift) after --parallel runs at once.
+    #[arg(long, value_name = "N")]
+    pub soak: Option<usize>,
+    /// Runs at once for --soak's load figure.
+    #[arg(long, default_value_t = 8, requires = "soak")]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Args)]
@@ -237,7 +244,16 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
     if !v.is_finite() || v <= 0.0 {
         return Err(format!("{s:?} is not a positive size"));
     }
-    Ok((v * mult).round() as u64)
+    // Whole MiB: at least one, and few enough that the size in bytes fits in 64 bits
+    // (`as u64` would saturate or give 0 silently).
+    let mib = (v * mult).round();
+    if mib < 1.0 {
+        return Err(format!("{s:?} is less than 1 MiB"));
+    }
+    if mib > (u64::MAX >> 20) as f64 {
+        return Err(format!("{s:?} is too large a size"));
+    }
+    Ok(mib as u64)
 }
 
 /// `90`, `90s`, `1.5s`, `5m`, `2h`, `250ms`.
@@ -260,7 +276,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !v.is_finite() || v <= 0.0 {
         return Err(format!("{s:?} is not a positive duration"));
     }
-    Ok(std::time::Duration::from_secs_f64(v * unit))
+    // Bounded: `Duration::from_secs_f64` panics past u64::MAX seconds, and a deadline
+    // (`Instant::now() + timeout`) panics well before that.
+    const MAX_SECS: f64 = 100.0 * 365.0 * 24.0 * 3600.0;
+    if v * unit > MAX_SECS {
+        return Err(format!("{s:?} is too long (at most 100 years)"));
+    }
+    let d = std::time::Duration::from_secs_f64(v * unit);
+    if d.is_zero() {
+        return Err(format!("{s:?} is shorter than a nanosecond"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -335,4 +361,219 @@ pub struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     pub memory: u64,
+}
+
+/// Input fuzzing (issue #6): property tests of `--memory`/`--big-memory` and `--timeout`.
+/// Whatever the text, no panic; a refusal names the text; an accepted value is in range
+/// (at least 1 MiB / 1 ns, at most what the byte count / a deadline can hold); generated
+/// valid specs give exactly their value.
+#[cfg(test)]
+mod fuzz {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    const MAX_MIB: u64 = u64::MAX >> 20;
+    const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 4000,
+            // Nothing written into the source tree; a failure prints its minimal input.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+    }
+
+    /// Pieces that mean something to a number-and-unit parser, glued together.
+    fn numberish(units: &'static [&'static str]) -> impl Strategy<Value = String> {
+        let pieces = prop_oneof![
+            4 => select(vec![
+                "0", "1", "5", "9", "00", ".", ".", "e", "E", "-", "+", " ", "_", "inf", "NaN",
+                "infinity", "e308", "e-320", "18446744073709551616", "\u{a0}", "é", "٣",
+            ]),
+            3 => select(units),
+        ];
+        prop::collection::vec(pieces, 0..6).prop_map(|p| p.concat())
+    }
+
+    const SIZE_UNITS: &[&str] = &[
+        "M", "m", "MB", "MiB", "Mi", "G", "g", "GB", "GiB", "Gi", "T", "t", "TiB", "B", "b", "i",
+        "K", "k",
+    ];
+    const DURATION_UNITS: &[&str] = &["s", "ms", "m", "h", "S", "d", "min", "us"];
+
+    fn check_size(s: &str) -> Result<Option<u64>, TestCaseError> {
+        match parse_size_mib(s) {
+            Err(msg) => {
+                prop_assert!(msg.contains(&format!("{s:?}")), "{s:?}: {msg}");
+                Ok(None)
+            }
+            Ok(mib) => {
+                prop_assert!((1..=MAX_MIB).contains(&mib), "{s:?} gave {mib} MiB");
+                Ok(Some(mib))
+            }
+        }
+    }
+
+    fn check_duration(s: &str) -> Result<Option<Duration>, TestCaseError> {
+        match parse_duration(s) {
+            Err(msg) => {
+                prop_assert!(msg.contains(&format!("{s:?}")), "{s:?}: {msg}");
+                Ok(None)
+            }
+            Ok(d) => {
+                prop_assert!(!d.is_zero() && d <= MAX_DURATION, "{s:?} gave {d:?}");
+                Ok(Some(d))
+            }
+        }
+    }
+
+    /// A unit as written and MiB per unit.
+    fn size_unit() -> impl Strategy<Value = (&'static str, u64)> {
+        select(vec![
+            ("", 1),
+            ("M", 1),
+            ("m", 1),
+            ("MB", 1),
+            ("MiB", 1),
+            ("Mi", 1),
+            ("G", 1024),
+            ("g", 1024),
+            ("GB", 1024),
+            ("Gb", 1024),
+            ("GiB", 1024),
+            ("Gi", 1024),
+            ("T", 1 << 20),
+            ("TiB", 1 << 20),
+            ("tb", 1 << 20),
+        ])
+    }
+
+    /// Blanks around a value (the shell may leave them in a quoted argument).
+    fn blanks() -> impl Strategy<Value = &'static str> {
+        select(vec!["", "", "", " ", "\t", " \n"])
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn size_arbitrary_text(s in text()) {
+            check_size(&s)?;
+        }
+
+        #[test]
+        fn size_numberish_text(s in numberish(SIZE_UNITS)) {
+            check_size(&s)?;
+        }
+
+        #[test]
+        fn size_valid_specs_give_their_value(
+            n in 0..=(1u64 << 20),
+            quarters in 0..4u64,
+            dot in any::<bool>(),
+            (unit, per) in size_unit(),
+            (pre, post) in (blanks(), blanks()),
+        ) {
+            prop_assume!(n > 0 || quarters >= 2 || (quarters == 1 && per > 1));
+            let number = match (quarters, dot) {
+                (0, false) => n.to_string(),
+                (0, true) => format!("{n}.0"),
+                (q, _) => format!("{n}.{}", [0, 25, 5, 75][q as usize]),
+            };
+            let s = format!("{pre}{number}{unit}{post}");
+            // Whole MiB, halves rounded up.
+            let want = n * per + (quarters * per).div_ceil(4) - u64::from(per == 1 && quarters == 1);
+            prop_assert_eq!(check_size(&s)?, Some(want), "{:?}", s);
+        }
+
+        #[test]
+        fn size_too_large_is_refused(
+            mantissa in "[1-9][0-9]{0,4}(\\.[0-9]{1,3})?",
+            extra in 0..300u32,
+            (unit, per) in size_unit(),
+            digits in "[1-9][0-9]{19,40}",
+            plain in any::<bool>(),
+        ) {
+            // At least 2^44 MiB: the size in bytes would not fit in 64 bits.
+            let min_exp = match per { 1 => 14, 1024 => 11, _ => 8 };
+            let s = if plain {
+                format!("{digits}{unit}")
+            } else {
+                format!("{mantissa}e{}{unit}", min_exp + extra)
+            };
+            prop_assert_eq!(check_size(&s)?, None, "{:?}", s);
+        }
+
+        #[test]
+        fn size_below_one_mib_or_not_positive_is_refused(
+            s in prop_oneof![
+                "0\\.(0{0,3}[1-4][0-9]{0,4}|0{1,6})M?",
+                "-[0-9]{1,5}(\\.[0-9]{1,2})?[MGT]?",
+                "[0.]{1,4}[MGT]?".prop_filter("a number", |s| s.chars().any(|c| c == '0')),
+                (7..320u32, select(vec!["G", "GiB"])).prop_map(|(e, u)| format!("1e-{e}{u}")),
+                (4..320u32).prop_map(|e| format!("4e-{e}")),
+            ],
+        ) {
+            prop_assert_eq!(check_size(&s)?, None, "{:?}", s);
+        }
+
+        #[test]
+        fn duration_arbitrary_text(s in text()) {
+            check_duration(&s)?;
+        }
+
+        #[test]
+        fn duration_numberish_text(s in numberish(DURATION_UNITS)) {
+            check_duration(&s)?;
+        }
+
+        #[test]
+        fn duration_valid_specs_give_their_value(
+            n in 1..=100_000u64,
+            half in any::<bool>(),
+            unit in select(vec!["", "s", "ms", "m", "h"]),
+            (pre, post) in (blanks(), blanks()),
+        ) {
+            let half = half && unit != "ms";
+            let s = format!("{pre}{n}{}{unit}{post}", if half { ".5" } else { "" });
+            let per_ms = match unit { "ms" => 1, "m" => 60_000, "h" => 3_600_000, _ => 1000 };
+            let want = Duration::from_millis(n * per_ms + if half { per_ms / 2 } else { 0 });
+            prop_assert_eq!(check_duration(&s)?, Some(want), "{:?}", s);
+        }
+
+        #[test]
+        fn duration_too_long_is_refused(
+            mantissa in "[1-9](\\.[0-9]{1,3})?",
+            e in 10..320u32,
+            unit in select(vec!["", "s", "ms", "m", "h"]),
+            digits in "[1-9][0-9]{15,40}",
+            plain in any::<bool>(),
+        ) {
+            // Far more than 100 years (3.2e9 s), even in ms.
+            let e = if unit == "ms" { e + 3 } else { e };
+            let s = if plain { format!("{digits}{unit}") } else { format!("{mantissa}e{e}{unit}") };
+            prop_assert_eq!(check_duration(&s)?, None, "{:?}", s);
+        }
+
+        #[test]
+        fn duration_below_a_nanosecond_or_not_positive_is_refused(
+            s in prop_oneof![
+                (10..330u32, select(vec!["", "s"])).prop_map(|(e, u)| format!("1e-{e}{u}")),
+                (7..330u32).prop_map(|e| format!("1e-{e}ms")),
+                "-[0-9]{1,5}(\\.[0-9]{1,2})?(s|ms|m|h)?",
+                "[0.]{1,4}(s|ms|m|h)?".prop_filter("a number", |s| s.contains('0')),
+            ],
+        ) {
+            prop_assert_eq!(check_duration(&s)?, None, "{:?}", s);
+        }
+    }
 }

@@ -75,9 +75,25 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Rm(args) => {
             let store = store()?;
             for what in &args.bases {
-                let base = store.resolve(what)?;
-                store.remove(&base)?;
-                println!("removed {}", base.manifest.id);
+                match store.resolve(what) {
+                    Ok(base) => {
+                        store.remove(&base)?;
+                        println!("removed {}", base.manifest.id);
+                    }
+                    // A damaged base cannot be loaded, but its full id still names it.
+                    Err(e)
+                        if guestbox::store::is_base_id(what)
+                            && store
+                                .base_dir(what)
+                                .join(guestbox::store::MANIFEST)
+                                .is_file() =>
+                    {
+                        tracing::debug!("removing a base that does not load: {e}");
+                        store.remove_id(what)?;
+                        println!("removed {what}");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(0)
         }
@@ -94,6 +110,18 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => {
+            if let Some(soak) = args.soak {
+                let rows = guestbox::bench::reliability(
+                    &Dirs::from_env()?,
+                    args.accel.parse()?,
+                    args.parallel,
+                    soak,
+                    &progress,
+                )
+                .await?;
+                guestbox::bench::print_table(&rows, &args.accel, soak);
+                return Ok(0);
+            }
             let opts = guestbox::bench::BenchOptions {
                 runs: args.runs,
                 small_mib: 1024,

@@ -502,3 +502,282 @@ fn shell_gives_a_terminal_and_returns_its_exit_code() {
         "the guest shell has no terminal: {stdout}"
     );
 }
+
+/// Every process below `root` (children, grandchildren ...), from /proc's parent links.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // The parent is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn alive(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// SIGKILLs `child` (no chance to clean up) and checks that everything it started dies
+/// with it.
+fn kill_and_check_orphans(child: &mut std::process::Child, what: &str) {
+    let below = descendants(child.id() as i32);
+    assert!(
+        !below.is_empty(),
+        "{what}: guestbox had started nothing yet"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&below).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        alive(&below).is_empty(),
+        "{what}: processes {:?} outlived a SIGKILLed guestbox",
+        alive(&below)
+    );
+}
+
+fn gc_removes(home: &Path, leftover: &Path) {
+    assert!(
+        leftover.exists(),
+        "{} should be left to gc",
+        leftover.display()
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_guestbox"))
+        .env("GUESTBOX_HOME", home)
+        .args(["gc"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(!leftover.exists(), "gc left {}", leftover.display());
+}
+
+#[test]
+fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
+    let home = test_home();
+    // The default base first, so the run below revives it.
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let before = run_dirs(&home);
+    let mut child = guestbox()
+        .args(["run", "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let run_dir = loop {
+        let new: Vec<_> = run_dirs(&home)
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
+        if let Some(d) = new.first() {
+            if pids_matching(d).len() >= 2 {
+                break d.clone();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no run");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    kill_and_check_orphans(&mut child, "run");
+    assert!(pids_matching(&run_dir).is_empty());
+    gc_removes(&home, &home.join("runs").join(&run_dir));
+    let o = guestbox()
+        .args(["run", "--", "echo", "again"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o).0, "again\n", "{}", text(&o).1);
+}
+
+#[test]
+fn sigkill_during_bootstrap_registers_nothing_and_gc_cleans_up() {
+    let home = test_home();
+    // Inputs of their own (memory), so this bootstrap builds a new base; killed while the
+    // guest boots, then again while the pair is frozen into the base.
+    for (stage, delay) in [("booting the guest", 3000), ("freezing both VMs", 0)] {
+        let mut child = guestbox()
+            .args([
+                "bootstrap",
+                "--memory",
+                "1040M",
+                "--name",
+                "killed-bootstrap",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let mut seen = String::new();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains(stage) {
+                        break;
+                    }
+                }
+                _ => panic!("bootstrap never reached {stage:?}:\n{seen}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(delay));
+        let tmp: Vec<PathBuf> = std::fs::read_dir(home.join("bases"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .collect();
+        kill_and_check_orphans(&mut child, stage);
+        assert_eq!(
+            tmp.len(),
+            1,
+            "{stage}: expected one base in the making: {tmp:?}"
+        );
+        let o = guestbox().args(["ls", "--json"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        assert!(
+            !text(&o).0.contains("killed-bootstrap"),
+            "{stage}: a killed bootstrap registered a base: {}",
+            text(&o).0
+        );
+        gc_removes(&home, &tmp[0]);
+    }
+}
+
+#[test]
+fn sigkill_during_an_image_build_leaves_no_process_or_mount() {
+    let home = tempfile::tempdir().unwrap();
+    let images = home.path().join("cache/images");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guestbox"))
+        .env("GUESTBOX_HOME", home.path())
+        .args(["images"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until apt or dpkg works inside a build directory (mmdebstrap's grandchildren).
+    let started = Instant::now();
+    let tmp = loop {
+        let found = std::fs::read_dir(&images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+            });
+        if let Some(t) = found {
+            if descendants(child.id() as i32).len() >= 3 {
+                break t;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no image build started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    kill_and_check_orphans(&mut child, "image build");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*tmp.to_string_lossy()),
+        "mounts under {} outlived guestbox",
+        tmp.display()
+    );
+    gc_removes(home.path(), &tmp);
+}
+
+/// Peak resident memory of a live process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_gigabyte_of_output_streams_through_in_bounded_memory() {
+    const SIZE: u64 = 1 << 30;
+    let mut child = guestbox()
+        .args(["run", "--", "head", "-c", "1G", "/dev/zero"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut total = 0u64;
+    let mut nonzero = false;
+    let mut peak = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        nonzero |= buf[..n].iter().any(|b| *b != 0);
+        total += n as u64;
+        // Sample as it goes; the last sample before exit is the process's peak so far.
+        if total % (32 << 20) < n as u64 {
+            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(total, SIZE, "bytes lost or added");
+    assert!(!nonzero, "output corrupted");
+    assert!(peak > 0, "never sampled guestbox's memory");
+    assert!(
+        peak < 64 * 1024,
+        "guestbox's peak memory was {peak} KiB while streaming 1 GiB"
+    );
+}

@@ -352,3 +352,183 @@ pub fn print_table(rows: &[Row], accel: &str, runs: usize) {
         println!("{:<w$}  {:>v$}  {}", r.what, r.value, r.target);
     }
 }
+
+/// Entries in a directory (open descriptors in /proc/self/fd, ...); 0 if unreadable.
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Processes whose parent is this one (QEMUs, qemu-img ...), alive or zombie.
+fn child_processes() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                == Some(me.as_str())
+        })
+        .count()
+}
+
+/// Bytes allocated under `dir` (like `du`).
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total += md.blocks() * 512;
+        if md.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    total
+}
+
+/// `guestbox bench --soak N`: load and soak figures for the README's Reliability
+/// section. `parallel` runs at once from one base, each writing its own outputs, checked;
+/// then `soak` runs one after another, with this process's descriptors and children and
+/// the disk use of GUESTBOX_HOME compared before and after, and the run time's drift.
+pub async fn reliability(
+    dirs: &Dirs,
+    accel: AccelChoice,
+    parallel: usize,
+    soak: usize,
+    progress: &Progress,
+) -> Result<Vec<Row>> {
+    let store = Store::new(dirs);
+    let base = base_with(dirs, 1024, accel, progress).await?;
+    let mut rows = Vec::new();
+    let mut row = |what: String, value: String| {
+        rows.push(Row {
+            what,
+            value,
+            target: String::new(),
+        })
+    };
+
+    let step = progress.step(format!("{parallel} runs in parallel from one base"));
+    let outs = (0..parallel)
+        .map(|_| tempfile::tempdir().ctx(|| "creating a temporary directory"))
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let jobs = outs.iter().enumerate().map(|(i, d)| {
+        let mut o = command(&[
+            "sh",
+            "-c",
+            &format!("echo run-{i} > /out/who; seq 1 {} > /out/seq", 10_000 + i),
+        ]);
+        o.volumes = vec![Volume {
+            host: d.path().to_path_buf(),
+            guest: "/out".into(),
+            readonly: false,
+        }];
+        let store = &store;
+        let base = &base;
+        async move { quiet_run(store, base, &o).await }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let wall = started.elapsed();
+    let mut correct = 0;
+    for (i, (r, d)) in results.iter().zip(&outs).enumerate() {
+        let who = std::fs::read_to_string(d.path().join("who")).unwrap_or_default();
+        let seq = std::fs::read_to_string(d.path().join("seq")).unwrap_or_default();
+        let entries = count_entries(&d.path().to_string_lossy());
+        if r.is_ok()
+            && who.trim() == format!("run-{i}")
+            && seq.lines().count() == 10_000 + i
+            && entries == 2
+        {
+            correct += 1;
+        }
+    }
+    step.done();
+    row(
+        format!("{parallel} parallel runs: correct, own outputs only"),
+        format!("{correct} of {parallel}"),
+    );
+    row(
+        format!("{parallel} parallel runs: wall time"),
+        format!("{:.1} s", secs(wall)),
+    );
+
+    let step = progress.step(format!("{soak} runs one after another"));
+    let out = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+    // One run first, so lazily opened things (QEMU probes, caches) are in the baseline.
+    quiet_run(&store, &base, &command(&["true"])).await?;
+    let (fds0, kids0, disk0) = (
+        count_entries("/proc/self/fd"),
+        child_processes(),
+        disk_use(&dirs.data),
+    );
+    let mut times = Vec::new();
+    let mut failed = 0;
+    for i in 0..soak {
+        let mut o = command(&["sh", "-c", &format!("echo {i} > /out/n; cat /out/n")]);
+        o.volumes = vec![Volume {
+            host: out.path().to_path_buf(),
+            guest: "/out".into(),
+            readonly: false,
+        }];
+        let t = Instant::now();
+        match quiet_run(&store, &base, &o).await {
+            Ok((_, stdout)) if stdout.trim() == i.to_string() => {}
+            _ => failed += 1,
+        }
+        times.push(secs(t.elapsed()));
+        step.detail(&format!("{} of {soak}", i + 1));
+    }
+    let (fds1, kids1, disk1) = (
+        count_entries("/proc/self/fd"),
+        child_processes(),
+        disk_use(&dirs.data),
+    );
+    step.done();
+    let window = (soak / 10).max(1);
+    let first = median(times[..window.min(times.len())].to_vec());
+    let last = median(times[times.len().saturating_sub(window)..].to_vec());
+    row(
+        format!("{soak} sequential runs: failed"),
+        failed.to_string(),
+    );
+    row(
+        "  open descriptors of guestbox, before -> after".into(),
+        format!("{fds0} -> {fds1}"),
+    );
+    row(
+        "  child processes, before -> after".into(),
+        format!("{kids0} -> {kids1}"),
+    );
+    row(
+        "  disk use of GUESTBOX_HOME, before -> after".into(),
+        format!(
+            "{:.1} -> {:.1} MiB",
+            disk0 as f64 / 1048576.0,
+            disk1 as f64 / 1048576.0
+        ),
+    );
+    row(
+        format!("  run time, median of first {window} -> last {window}"),
+        format!(
+            "{first:.3} -> {last:.3} s ({:+.1}%)",
+            (last / first - 1.0) * 100.0
+        ),
+    );
+    row(
+        "  run time, median of all".into(),
+        format!("{:.3} s", median(times)),
+    );
+    Ok(rows)
+}

@@ -118,6 +118,21 @@ impl Vm {
         Ok(())
     }
 
+    /// True if QEMU reported a write that failed because the host's disk is full.
+    pub fn host_disk_was_full(&self) -> bool {
+        self.qmp.as_ref().is_some_and(|q| {
+            q.recent_events().iter().any(|e| {
+                // `nospace` is only sent with werror=enospc; with werror=report the
+                // reason (QEMU's strerror, not localised) says it.
+                e.name == "BLOCK_IO_ERROR"
+                    && (e.data["nospace"] == true
+                        || e.data["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("No space left")))
+            })
+        })
+    }
+
     /// The console output so far.
     pub fn console(&self) -> Result<String> {
         let bytes = std::fs::read(&self.spec.console_log)

@@ -70,10 +70,10 @@ pub async fn boot_to_ready(
 ) -> Result<BootReport> {
     let runs = dirs.data.join("runs");
     std::fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("boot-{}-", which.name()))
-        .tempdir_in(&runs)
-        .ctx(|| format!("creating a run directory in {}", runs.display()))?;
+    let scratch = crate::bootstrap::socket_dir(
+        &crate::store::Store::new(dirs),
+        &format!("boot-{}-", which.name()),
+    )?;
     let dir = scratch.path();
     let (rootfs, initrd, marker) = match which {
         Which::Guest => (&images.guest, &images.guest_initrd, GUEST_READY_MARKER),

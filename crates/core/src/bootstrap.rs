@@ -389,7 +389,9 @@ async fn build(
         guest_packages: built.guest.packages.clone(),
         files: sums,
         timings,
-    };
+        seal: None,
+    }
+    .sealed()?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
     fs::write(dir.join(store::MANIFEST), json).ctx(|| "writing the manifest")?;
     seal(dir, ram_needs_write_access(qemu_version))?;

@@ -50,6 +50,17 @@ pub enum Error {
         tail: String,
     },
 
+    /// A VM's QEMU exited while a job ran: a guest kernel panic (it powers off), an
+    /// outside kill, a QEMU crash.
+    #[error("the {vm} VM stopped during the run ({status}): a kernel panic, or QEMU killed or crashed.{}\n  Last lines of its console:\n{tail}",
+        if stderr.is_empty() { String::new() } else { format!("\n  QEMU said: {stderr}") })]
+    VmDied {
+        vm: String,
+        status: String,
+        stderr: String,
+        tail: String,
+    },
+
     #[error("QEMU control (QMP) of {vm}: {source}")]
     Qmp {
         vm: String,

@@ -37,11 +37,16 @@ fn usage(path: &Path) -> u64 {
     total
 }
 
-/// True if nobody holds the lock file in `dir` (or there is none): its owner is gone.
+/// True if nobody holds the lock file in `dir`: its owner is gone. A directory without
+/// one is abandoned only once it is a minute old: its owner may be about to make it.
 fn abandoned(dir: &Path) -> bool {
     match fs::File::open(dir.join("lock")) {
         Ok(f) => f.try_lock().is_ok(),
-        Err(_) => true,
+        Err(_) => fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60)),
     }
 }
 

@@ -26,6 +26,11 @@ pub const MMDEBSTRAP: Program = Program {
     package: "mmdebstrap",
     why: "it builds the Debian guest and controller root filesystems from packages",
 };
+pub const UNSHARE: Program = Program {
+    name: "unshare",
+    package: "util-linux",
+    why: "it gives mmdebstrap namespaces that die with guestbox, mounts and all",
+};
 pub const MKFS_EXT4: Program = Program {
     name: "mkfs.ext4",
     package: "e2fsprogs",
@@ -38,7 +43,7 @@ pub const SSH_KEYGEN: Program = Program {
 };
 
 /// What building images needs.
-pub const IMAGE_BUILD: &[Program] = &[MMDEBSTRAP, MKFS_EXT4, QEMU_IMG, SSH_KEYGEN];
+pub const IMAGE_BUILD: &[Program] = &[MMDEBSTRAP, UNSHARE, MKFS_EXT4, QEMU_IMG, SSH_KEYGEN];
 /// What booting or reviving VMs needs.
 pub const VM: &[Program] = &[QEMU, QEMU_IMG];
 

@@ -168,21 +168,7 @@ pub async fn check_compatible(base: &Base, qemu: &Path) -> Result<()> {
             &m.id[..12]
         )));
     }
-    for name in files::ALL {
-        let path = base.file(name);
-        let expected = m.files.get(*name).map(|f| f.size);
-        let actual = fs::metadata(&path).map(|md| md.len()).ok();
-        if expected.is_none() || actual != expected {
-            return Err(Error::Other(format!(
-                "base {} is damaged: {} is {} (expected {} bytes); `guestbox rm {}` and bootstrap again",
-                &m.id[..12],
-                path.display(),
-                actual.map(|a| format!("{a} bytes")).unwrap_or_else(|| "missing".into()),
-                expected.unwrap_or(0),
-                &m.id[..12]
-            )));
-        }
-    }
+    crate::store::quick_check(base)?;
     Ok(())
 }
 
@@ -282,6 +268,7 @@ where
     let qemu = hostcheck::path_of(hostcheck::QEMU)?;
     if opts.cold {
         check_agent(base)?;
+        crate::store::quick_check(base)?;
     } else {
         check_compatible(base, &qemu).await?;
     }
@@ -373,8 +360,17 @@ where
         started,
         &mut timings,
     );
+    // Either VM may die under the job (a guest kernel panic powers off, see kernel_append;
+    // QEMU may be killed from outside): then nothing would ever answer, so watch both.
+    let watched = async {
+        tokio::select! {
+            biased;
+            r = drive => r,
+            (vm, status) = first_exit(&mut guest, &mut controller) => Err(vm_died(vm, status)),
+        }
+    };
     let result = match opts.timeout {
-        Some(limit) => match tokio::time::timeout(limit, drive).await {
+        Some(limit) => match tokio::time::timeout(limit, watched).await {
             Ok(r) => r,
             Err(_) => {
                 let _ = stderr
@@ -389,14 +385,36 @@ where
                 Ok(TIMEOUT_EXIT)
             }
         },
-        None => drive.await,
+        None => watched.await,
     };
+    // A dying VM can break the job's channel a moment before QEMU is reaped: say which.
+    let result = match result {
+        Err(e) if !matches!(e, Error::VmDied { .. }) => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match (guest.process.try_wait(), controller.process.try_wait()) {
+                (Ok(Some(status)), _) => Err(vm_died(&guest, Ok(status))),
+                (_, Ok(Some(status))) => Err(vm_died(&controller, Ok(status))),
+                _ => Err(e),
+            }
+        }
+        other => other,
+    };
+    let host_full = guest.host_disk_was_full() || controller.host_disk_was_full();
     // The guest's state dies with its overlay: no shutdown needed.
     guest.process.kill().await;
     controller.process.kill().await;
-    let exit_code = result.map_err(|e| {
-        let tail = crate::process::tail_of_file(&sockets.console("controller"), 10);
-        Error::Other(format!("{e}\n  controller console:\n{tail}"))
+    if host_full {
+        return Err(Error::Other(format!(
+            "the filesystem holding {} ran out of space during the run, so the guest's disk writes failed and its results cannot be trusted; free space there (or set GUESTBOX_HOME to a larger filesystem) and run again",
+            store.runs.display()
+        )));
+    }
+    let exit_code = result.map_err(|e| match e {
+        Error::VmDied { .. } => e,
+        e => {
+            let tail = crate::process::tail_of_file(&sockets.console("controller"), 10);
+            Error::Other(format!("{e}\n  controller console:\n{tail}"))
+        }
     })?;
     Ok(Outcome { exit_code, timings })
 }
@@ -484,6 +502,37 @@ pub async fn launch(
         controller,
         sockets,
     })
+}
+
+/// Waits until either VM's QEMU exits.
+async fn first_exit<'a>(
+    guest: &'a mut Vm,
+    controller: &'a mut Vm,
+) -> (&'a Vm, Result<std::process::ExitStatus>) {
+    tokio::select! {
+        s = guest.process.wait() => (&*guest, s),
+        s = controller.process.wait() => (&*controller, s),
+    }
+}
+
+fn vm_died(vm: &Vm, status: Result<std::process::ExitStatus>) -> Error {
+    // A panic's own line scrolls away under its backtrace: put it first.
+    let mut tail = std::fs::read_to_string(&vm.spec.console_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("Kernel panic"))
+        .map(|l| format!("    {}\n    ...\n", l.trim()))
+        .unwrap_or_default();
+    tail.push_str(&crate::process::tail_of_file(&vm.spec.console_log, 15));
+    Error::VmDied {
+        vm: vm.spec.name.clone(),
+        status: match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        },
+        stderr: vm.process.stderr_tail(5).trim().to_string(),
+        tail,
+    }
 }
 
 fn with_log(e: Error, vm: &Vm) -> Error {

@@ -19,7 +19,8 @@ use crate::{Error, IoContext, Result};
 pub const MANIFEST: &str = "manifest.json";
 pub const SECRETS: &str = "secrets.json";
 /// Bump when the base layout or the way bases are made changes incompatibly.
-pub const BASE_FORMAT: u32 = 2;
+/// 3: manifests are sealed.
+pub const BASE_FORMAT: u32 = 3;
 
 /// Everything needed to revive a base exactly, and to tell whether this host can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,35 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileSum>,
     /// Seconds the bootstrap took, by stage.
     pub timings: BTreeMap<String, f64>,
+    /// blake3 of the manifest without this field: a changed byte anywhere that still
+    /// parses is caught on load. None only in bases of format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+impl Manifest {
+    fn digest(&self) -> Result<String> {
+        let unsealed = Manifest {
+            seal: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&unsealed).map_err(|e| Error::Other(e.to_string()))?;
+        Ok(blake3::hash(&bytes).to_hex().to_string())
+    }
+
+    /// The manifest with its seal set.
+    pub fn sealed(self) -> Result<Self> {
+        let seal = Some(self.digest()?);
+        Ok(Manifest { seal, ..self })
+    }
+
+    fn seal_holds(&self) -> Result<bool> {
+        match &self.seal {
+            Some(seal) => Ok(*seal == self.digest()?),
+            // Format 2 bases were made before seals; from 3 on a missing seal is damage.
+            None => Ok(self.format < 3),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +170,12 @@ impl Base {
     }
 }
 
+/// An id as bootstrap makes them (24 lowercase hex digits); at least the 12 that messages
+/// show.
+pub fn is_base_id(id: &str) -> bool {
+    id.len() >= 12 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A name for a base: letters, digits, `.`, `_`, `-`; not starting with `.`.
 pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -184,12 +220,28 @@ impl Store {
         let dir = self.base_dir(id);
         let path = dir.join(MANIFEST);
         let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        let damaged = |why: String| {
             Error::Other(format!(
-                "the manifest of base {id} ({}) is damaged: {e}; remove the base with `guestbox rm {id}`",
+                "the manifest of base {id} ({}) is damaged: {why}; remove the base with `guestbox rm {id}`",
                 path.display()
             ))
-        })?;
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        if !manifest.seal_holds()? {
+            return Err(damaged("its content does not match its seal".into()));
+        }
+        // The id names the directory (`rm` renames it by the id) and messages cut it to
+        // 12 bytes: it must be this directory's name, and look like an id bootstrap makes.
+        if manifest.id != id {
+            return Err(damaged(format!(
+                "it is the manifest of base {:?}",
+                manifest.id
+            )));
+        }
+        if !is_base_id(id) {
+            return Err(damaged(format!("{id:?} is not a base id (hex digits)")));
+        }
         let names = self.names_of(id);
         Ok(Base {
             dir,
@@ -274,14 +326,20 @@ impl Store {
 
     /// Removes a base and its names, unless a run holds it.
     pub fn remove(&self, base: &Base) -> Result<()> {
-        let path = base.dir.join(MANIFEST);
+        self.remove_id(&base.manifest.id)
+    }
+
+    /// Removes base `id` by its directory alone, so a base whose manifest is damaged can
+    /// go too.
+    pub fn remove_id(&self, id: &str) -> Result<()> {
+        let dir = self.base_dir(id);
+        let path = dir.join(MANIFEST);
         let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
         match f.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(Error::Usage(format!(
-                    "base {} is in use by a running job; try again when it has finished",
-                    base.manifest.id
+                    "base {id} is in use by a running job; try again when it has finished"
                 )))
             }
             Err(fs::TryLockError::Error(e)) => {
@@ -289,11 +347,9 @@ impl Store {
             }
         }
         // Move it out of sight first, so a half-removed base is never listed or revived.
-        let doomed = self
-            .bases
-            .join(format!(".rm-{}-{}", base.manifest.id, std::process::id()));
-        fs::rename(&base.dir, &doomed).ctx(|| format!("removing {}", base.dir.display()))?;
-        for name in &base.names {
+        let doomed = self.bases.join(format!(".rm-{id}-{}", std::process::id()));
+        fs::rename(&dir, &doomed).ctx(|| format!("removing {}", dir.display()))?;
+        for name in self.names_of(id) {
             let _ = fs::remove_file(self.names_dir().join(name));
         }
         make_writable(&doomed);
@@ -301,14 +357,17 @@ impl Store {
     }
 }
 
-/// Base files are read-only; give the owner write permission back so they can be deleted
-/// by a non-root user too.
+/// Gives the owner write permission on `dir` and its subdirectories so their entries can be
+/// removed. Files are left alone: removing one needs only its directory's permission, and
+/// a file may be a hard link shared with a base still in use (or a secret).
 pub fn make_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o644));
-    }
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&e.path());
+        }
+    }
 }
 
 /// What `verify` found wrong with a base's files, one line each; empty when intact.
@@ -336,6 +395,60 @@ pub fn verify(base: &Base) -> Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+/// The checks a revive can afford before QEMU starts: every file has its recorded size,
+/// the disks start like qcow2 files, and the device states (small, and what QEMU would
+/// choke on) match their checksums. RAM and disk contents are left to [`verify`].
+pub fn quick_check(base: &Base) -> Result<()> {
+    let m = &base.manifest;
+    let damaged = |path: &Path, why: String| {
+        Error::Other(format!(
+            "base {} is damaged: {}: {why}. `guestbox verify {}` checks it all; `guestbox rm {}` and bootstrap again",
+            short_id(&m.id),
+            path.display(),
+            short_id(&m.id),
+            short_id(&m.id),
+        ))
+    };
+    for name in files::ALL {
+        let path = base.file(name);
+        let Some(expected) = m.files.get(*name) else {
+            return Err(damaged(&path, "not in the manifest".into()));
+        };
+        match fs::metadata(&path) {
+            Ok(md) if md.len() == expected.size => {}
+            Ok(md) => {
+                return Err(damaged(
+                    &path,
+                    format!("{} bytes, expected {}", md.len(), expected.size),
+                ))
+            }
+            Err(e) => return Err(damaged(&path, format!("cannot be read ({e})"))),
+        }
+    }
+    for name in [files::GUEST_DISK, files::CONTROLLER_DISK] {
+        let path = base.file(name);
+        let mut magic = [0u8; 4];
+        let read = File::open(&path).and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut magic)
+        });
+        if read.is_err() || &magic != b"QFI\xfb" {
+            return Err(damaged(&path, "not a qcow2 image any more".into()));
+        }
+    }
+    for name in [files::GUEST_STATE, files::CONTROLLER_STATE] {
+        let path = base.file(name);
+        if m.files.get(name) != Some(&checksum(&path)?) {
+            return Err(damaged(&path, "content differs from its checksum".into()));
+        }
+    }
+    Ok(())
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..12.min(id.len())]
 }
 
 /// blake3 of this guestbox's agent, as recorded in the bases it makes.

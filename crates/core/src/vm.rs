@@ -267,9 +267,15 @@ impl VmSpec {
                         ),
                     );
                 }
+                // A full host disk is reported to the guest as an I/O error (and to
+                // guestbox as a BLOCK_IO_ERROR event) instead of QEMU's default of pausing
+                // the VM, which would leave the job hanging.
                 _ => push(
                     "-drive",
-                    format!("file={},if=none,id={id},format={fmt}{ro}", value(&d.path)?),
+                    format!(
+                        "file={},if=none,id={id},format={fmt}{ro},werror=report,rerror=report",
+                        value(&d.path)?
+                    ),
                 ),
             }
             let device = match d.interface {
@@ -421,7 +427,7 @@ mod tests {
         // The comma in the disk path is doubled, or QEMU would split the option there.
         assert_eq!(
             after(&argv, "-drive"),
-            ["file=/d/a,,b.qcow2,if=none,id=drive0,format=qcow2"]
+            ["file=/d/a,,b.qcow2,if=none,id=drive0,format=qcow2,werror=report,rerror=report"]
         );
         assert!(after(&argv, "-device").contains(&"virtio-blk-pci,drive=drive0"));
         assert_eq!(

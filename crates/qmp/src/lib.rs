@@ -144,7 +144,7 @@ impl Shared {
         };
         if msg.contains_key("event") {
             let ev = Event::from_json(msg).map_err(|e| CloseReason::Protocol(e.to_string()))?;
-            debug!(event = %ev.name, "QMP event");
+            debug!(event = %ev.name, data = %ev.data, "QMP event");
             let mut st = self.lock();
             if st.recent.len() == RECENT_EVENTS {
                 st.recent.pop_front();

@@ -132,8 +132,15 @@ pub async fn mmdebstrap(
     args.push(target.display().to_string());
     args.push(source.mirror.clone());
 
-    let mut std_cmd = std::process::Command::new(&program);
+    // mmdebstrap runs as PID 1 of its own PID and mount namespaces, a child of unshare that
+    // dies with it (--kill-child): if guestbox is SIGKILLed, PDEATHSIG takes unshare, the
+    // kernel then takes mmdebstrap, every apt and dpkg below it, and the mounts it made in
+    // the chroot. A process group alone would leave the grandchildren and the mounts.
+    let unshare = hostcheck::path_of(hostcheck::UNSHARE)?;
+    let mut std_cmd = std::process::Command::new(&unshare);
     std_cmd
+        .args(["--pid", "--mount", "--fork", "--kill-child", "--"])
+        .arg(&program)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -119,7 +119,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     &progress,
                 )
                 .await?;
-                guestbox::bench::print_table(&rows, &args.accel, soak);
+                guestbox::bench::print_table(
+                    &rows,
+                    &format!("reliability, accel {}", args.accel),
+                );
                 return Ok(0);
             }
             let opts = guestbox::bench::BenchOptions {
@@ -129,7 +132,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 accel: args.accel.parse()?,
             };
             let rows = guestbox::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
-            guestbox::bench::print_table(&rows, &args.accel, args.runs);
+            guestbox::bench::print_table(
+                &rows,
+                &format!("medians of {} runs, accel {}", args.runs, args.accel),
+            );
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,

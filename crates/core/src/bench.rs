@@ -343,10 +343,10 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     Ok(rows)
 }
 
-pub fn print_table(rows: &[Row], accel: &str, runs: usize) {
+pub fn print_table(rows: &[Row], title: &str) {
     let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
     let v = rows.iter().map(|r| r.value.len()).max().unwrap_or(10);
-    println!("guestbox bench: medians of {runs} runs, accel {accel}");
+    println!("guestbox bench: {title}");
     println!("{:<w$}  {:>v$}  target", "measure", "value");
     for r in rows {
         println!("{:<w$}  {:>v$}  {}", r.what, r.value, r.target);

@@ -781,3 +781,37 @@ fn a_gigabyte_of_output_streams_through_in_bounded_memory() {
         "guestbox's peak memory was {peak} KiB while streaming 1 GiB"
     );
 }
+
+#[test]
+fn the_most_verbose_log_carries_no_secret() {
+    // A cold run sends the base's secrets to the controller (setup): the path most likely
+    // to log them.
+    let o = guestbox()
+        .env("GUESTBOX_LOG", "trace")
+        .args(["run", "--cold", "--", "true"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("qemu command line"), "not the verbose log: {err}");
+    let o = guestbox().args(["ls", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["names"].as_array().unwrap().iter().any(|n| n == "default"))
+        .expect("the default base")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secrets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(test_home().join("bases").join(id).join("secrets.json")).unwrap(),
+    )
+    .unwrap();
+    let password = secrets["smb_password"].as_str().unwrap();
+    let key_line = secrets["client_key"].as_str().unwrap().lines().nth(1).unwrap();
+    assert!(password.len() >= 16 && key_line.len() >= 20);
+    assert!(!err.contains(password), "the SMB password is in the log");
+    assert!(!err.contains(key_line), "the client key is in the log");
+}

@@ -134,11 +134,16 @@ async fn guest_reaches_the_controller_and_nothing_else() {
         bash -c 'exec 3<>/dev/tcp/192.168.0.2/445' && echo SMB-OK; \
         bash -c 'exec 3<>/dev/tcp/10.0.2.2/80' 2>/dev/null && echo SLIRP-REACHED; \
         bash -c 'exec 3<>/dev/tcp/127.0.0.1/445' 2>/dev/null && echo LOCAL-445; \
+        for p in 21 22 23 25 53 80 111 135 137 139 443 631 2049 3260 5355 5900 8080 9100; do \
+          bash -c \"exec 3<>/dev/tcp/192.168.0.2/$p\" 2>/dev/null && echo CONTROLLER-OPEN-$p; \
+        done; \
         ip -o link | grep -c 'link/ether'";
     let r = run(cmd(&["sh", "-c", script])).await.unwrap();
     assert!(r.stdout.contains("SMB-OK"), "{} {}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("SLIRP-REACHED"));
     assert!(!r.stdout.contains("LOCAL-445"));
+    // The controller offers SMB and nothing else.
+    assert!(!r.stdout.contains("CONTROLLER-OPEN"), "{}", r.stdout);
     assert!(
         !r.stdout.contains("default"),
         "a default route exists: {}",

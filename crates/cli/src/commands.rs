@@ -119,10 +119,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     &progress,
                 )
                 .await?;
-                guestbox::bench::print_table(
-                    &rows,
-                    &format!("reliability, accel {}", args.accel),
-                );
+                guestbox::bench::print_table(&rows, &format!("reliability, accel {}", args.accel));
                 return Ok(0);
             }
             let opts = guestbox::bench::BenchOptions {

@@ -793,14 +793,23 @@ fn the_most_verbose_log_carries_no_secret() {
         .unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(err.contains("qemu command line"), "not the verbose log: {err}");
+    assert!(
+        err.contains("qemu command line"),
+        "not the verbose log: {err}"
+    );
     let o = guestbox().args(["ls", "--json"]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let id = rows
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["names"].as_array().unwrap().iter().any(|n| n == "default"))
+        .find(|r| {
+            r["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "default")
+        })
         .expect("the default base")["id"]
         .as_str()
         .unwrap()
@@ -810,7 +819,12 @@ fn the_most_verbose_log_carries_no_secret() {
     )
     .unwrap();
     let password = secrets["smb_password"].as_str().unwrap();
-    let key_line = secrets["client_key"].as_str().unwrap().lines().nth(1).unwrap();
+    let key_line = secrets["client_key"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap();
     assert!(password.len() >= 16 && key_line.len() >= 20);
     assert!(!err.contains(password), "the SMB password is in the log");
     assert!(!err.contains(key_line), "the client key is in the log");

@@ -125,9 +125,16 @@ pub struct WindowsArgs {
     #[arg(long, default_value = "UTC")]
     pub timezone: String,
     /// Write the floppy, the Cygwin CD, the answer file, every script and the QEMU command
-    /// line of each stage into DIR, and start nothing.
+    /// line of each stage into DIR, and start nothing (unless --run-install).
     #[arg(long, value_name = "DIR")]
     pub emit: Option<std::path::PathBuf>,
+    /// With --emit: then run the install stage in DIR from guestbox (supervised, boot keys
+    /// pressed over QMP, the end read from COM1) instead of its script.
+    #[arg(long, requires = "emit")]
+    pub run_install: bool,
+    /// How long the install stage may take before it is stopped.
+    #[arg(long, default_value = "12h", value_parser = parse_duration, requires = "run_install")]
+    pub install_timeout: std::time::Duration,
 }
 
 /// What a job runs on and sees: shared by `run` and `shell`.

@@ -1,5 +1,6 @@
-//! `guestbox bootstrap --profile windows|windows-xp`: today the install media and the QEMU
-//! stages are generated (`--emit DIR`); running the install end to end is not wired yet.
+//! `guestbox bootstrap --profile windows|windows-xp`: the install media and the QEMU stages
+//! are generated (`--emit DIR`), and `--run-install` runs the install stage; the first boot
+//! with the controller and the snapshot are not run by guestbox yet.
 
 use std::path::PathBuf;
 
@@ -114,6 +115,29 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         "  controller key  {} (keep it: it logs in to the installed guest)",
         keys.display()
     );
+    if w.run_install {
+        hostcheck::require(hostcheck::VM)?;
+        let qemu = hostcheck::path_of(hostcheck::QEMU)?;
+        let install = report
+            .stages
+            .iter()
+            .find(|s| s.name == guestbox::windows::STAGE_INSTALL)
+            .ok_or_else(|| Error::Other("no install stage was emitted".into()))?;
+        let done = guestbox::windows_install::run_install(
+            &qemu,
+            &report.dir,
+            install,
+            &hw,
+            w.install_timeout,
+            progress,
+        )
+        .await?;
+        println!(
+            "install stage done in {:.0} s (COM1: {}); next: the first-boot script",
+            done.took.as_secs_f64(),
+            done.console_log.display()
+        );
+    }
     Ok(0)
 }
 

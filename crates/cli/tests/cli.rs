@@ -829,3 +829,107 @@ fn the_most_verbose_log_carries_no_secret() {
     assert!(!err.contains(password), "the SMB password is in the log");
     assert!(!err.contains(key_line), "the client key is in the log");
 }
+
+/// A bootable stand-in for a Windows ISO (El Torito, no emulation, made by xorriso): its
+/// 16-bit boot program prints `message` on COM1 and powers the q35 machine off through
+/// the ACPI PM1a control register, whose base it reads from the ICH9 LPC's PMBASE.
+fn fake_windows_iso(root: &Path, message: &str) -> PathBuf {
+    let mut code: Vec<u8> = vec![
+        0x0E, // push cs
+        0x1F, // pop ds
+        0xE8, 0x00, 0x00, // call next
+        0x5E, // next: pop si
+        0x83, 0xC6, 0x00, // add si, msg - next (patched below)
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8 (COM1)
+        0xAC, // print: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x03, // jz done
+        0xEE, // out dx, al
+        0xEB, 0xF8, // jmp print
+        0x66, 0xB8, 0x40, 0xF8, 0x00, 0x80, // done: mov eax, 0x8000f840 (00:1f.0 reg 0x40)
+        0xBA, 0xF8, 0x0C, // mov dx, 0xcf8
+        0x66, 0xEF, // out dx, eax
+        0xBA, 0xFC, 0x0C, // mov dx, 0xcfc
+        0xED, // in ax, dx (PMBASE | 1)
+        0x25, 0xFE, 0xFF, // and ax, 0xfffe
+        0x05, 0x04, 0x00, // add ax, 4 (PM1a_CNT)
+        0x89, 0xC2, // mov dx, ax
+        0xB8, 0x00, 0x20, // mov ax, 0x2000 (SLP_EN, type 0: soft off)
+        0xEF, // out dx, ax
+        0xF4, // hlt
+        0xEB, 0xFD, // jmp hlt
+    ];
+    code[8] = (code.len() - 5) as u8;
+    code.extend_from_slice(message.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    code.resize(2048, 0);
+    let tree = root.join("iso-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("boot.bin"), &code).unwrap();
+    let iso = root.join("fake-windows.iso");
+    let o = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-b",
+            "boot.bin",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .expect("xorriso (scripts/setup --with-tests)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    iso
+}
+
+fn windows_install(root: &Path, iso: &Path) -> Output {
+    let mirror = fake_cygwin_mirror(root);
+    guestbox()
+        .args(["bootstrap", "--profile", "windows", "--accel", "tcg"])
+        .arg("--iso")
+        .arg(iso)
+        .arg("--cygwin-mirror")
+        .arg(&mirror)
+        .arg("--emit")
+        .arg(root.join("emit"))
+        .args(["--run-install", "--install-timeout", "120s"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_install_stage_runs_from_guestbox_and_reads_its_end_from_com1() {
+    // Success: the boot program says what the real bootstrap says at its end.
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = fake_windows_iso(tmp.path(), "GUESTBOX-BOOTSTRAP-OK");
+    let o = windows_install(tmp.path(), &iso);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("install stage done"), "{out}");
+    assert!(
+        tmp.path().join("emit/disk.qcow2").is_file(),
+        "no Windows disk made"
+    );
+    let com1 = std::fs::read_to_string(tmp.path().join("emit/run/install.console.log")).unwrap();
+    assert!(com1.contains("GUESTBOX-BOOTSTRAP-OK"), "{com1}");
+    assert!(pids_matching(&tmp.path().to_string_lossy()).is_empty());
+
+    // Failure at a step: named.
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = fake_windows_iso(tmp.path(), "GUESTBOX-BOOTSTRAP-FAILED: cygwin-setup");
+    let o = windows_install(tmp.path(), &iso);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("failed at step \"cygwin-setup\""), "{err}");
+
+    // Powered off without a word: said so.
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = fake_windows_iso(tmp.path(), "something else");
+    let o = windows_install(tmp.path(), &iso);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("without GUESTBOX-BOOTSTRAP-OK"), "{err}");
+}

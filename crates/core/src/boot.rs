@@ -24,7 +24,7 @@ impl Vm {
         tracing::debug!(vm = %spec.name, ?argv, "qemu command line");
         let stderr = stderr_path(&spec.console_log);
         let inherit = spec.inherit.as_ref().map(|d| d.fd());
-        let process = Supervised::spawn_inheriting(&spec.name, qemu, &argv, &stderr, inherit)?;
+        let process = Supervised::spawn_with(&spec.name, qemu, &argv, &stderr, inherit, None)?;
         Ok(Self {
             spec,
             process,

@@ -27,6 +27,7 @@ pub mod snapshot;
 pub mod store;
 pub mod vm;
 pub mod windows;
+pub mod windows_install;
 
 /// The controller's agent, a static executable built by build.rs.
 pub const AGENT: &[u8] = include_bytes!(env!("GUESTBOX_AGENT_PATH"));

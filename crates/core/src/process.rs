@@ -52,16 +52,18 @@ impl Supervised {
         args: &[impl AsRef<OsStr>],
         stderr_path: &Path,
     ) -> Result<Self> {
-        Self::spawn_inheriting(name, program, args, stderr_path, None)
+        Self::spawn_with(name, program, args, stderr_path, None, None)
     }
 
-    /// Like [`Self::spawn`], and the child keeps descriptor `inherit` at the same number.
-    pub fn spawn_inheriting(
+    /// Like [`Self::spawn`], and the child keeps descriptor `inherit` at the same number
+    /// and starts in `cwd`.
+    pub fn spawn_with(
         name: &str,
         program: &Path,
         args: &[impl AsRef<OsStr>],
         stderr_path: &Path,
         inherit: Option<std::os::fd::RawFd>,
+        cwd: Option<&Path>,
     ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
@@ -72,6 +74,9 @@ impl Supervised {
             .stdout(Stdio::null())
             .stderr(stderr);
         supervise(&mut std_cmd);
+        if let Some(dir) = cwd {
+            std_cmd.current_dir(dir);
+        }
         if let Some(fd) = inherit {
             // SAFETY: fcntl is async-signal-safe. Clearing close-on-exec in the child only
             // leaves our own descriptor untouched.

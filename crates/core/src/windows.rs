@@ -965,6 +965,8 @@ pub struct EmitReport {
     pub ovmf_vars: Option<PathBuf>,
     /// One runnable script per stage, in order.
     pub stage_scripts: Vec<(String, PathBuf)>,
+    /// The stages the scripts run, paths relative to `dir`.
+    pub stages: Vec<Stage>,
 }
 
 /// Checks the user's inputs for a Windows bootstrap before anything is built.
@@ -1083,6 +1085,7 @@ pub fn emit(
         media: written,
         ovmf_vars,
         stage_scripts,
+        stages,
     })
 }
 

@@ -301,8 +301,10 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         "snapshot size (device state guest + controller)",
         format!(
             "{} KiB + {} KiB",
-            m.files[files::GUEST_STATE].size / 1024,
-            m.files[files::CONTROLLER_STATE].size / 1024
+            m.files.get(files::GUEST_STATE).map_or(0, |f| f.size / 1024),
+            m.files
+                .get(files::CONTROLLER_STATE)
+                .map_or(0, |f| f.size / 1024)
         ),
         "",
     );

@@ -50,15 +50,14 @@ fn abandoned(dir: &Path) -> bool {
     }
 }
 
-/// Index fingerprints the image cache currently builds from (one per mirror and suite).
+/// The index fingerprint images are built from now (that of the default source, as this
+/// environment configures it), if one was ever fetched.
 fn current_indexes(images: &Path) -> Vec<String> {
-    fs::read_dir(images)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("index-"))
-        .filter_map(|e| fs::read_to_string(e.path()).ok())
+    crate::images::debian::index_pointer(images, &crate::images::DebianSource::default())
+        .ok()
+        .and_then(|p| fs::read_to_string(p).ok())
         .map(|s| s.trim().to_string())
+        .into_iter()
         .collect()
 }
 

@@ -43,7 +43,15 @@ fn gc_removes_leftovers_and_keeps_what_is_in_use() {
 
     // Images: one from an old recipe, one from a superseded index, one current; an initramfs
     // of a kernel that is gone.
-    fs::write(images.join("index-aaaa.txt"), "current-index\n").unwrap();
+    // The pointer of the source this environment builds from; another family's (an old
+    // mirror's) does not keep its images alive.
+    let pointer = guestbox::images::debian::index_pointer(
+        &images,
+        &guestbox::images::DebianSource::default(),
+    )
+    .unwrap();
+    fs::write(&pointer, "current-index\n").unwrap();
+    fs::write(images.join("index-0ld0ld.txt"), "older-index\n").unwrap();
     let image = |name: &str, inputs: serde_json::Value| {
         let d = images.join(name);
         fs::create_dir_all(&d).unwrap();

@@ -40,8 +40,7 @@ pub async fn pin_index(
     source: &DebianSource,
     progress: &crate::progress::Progress,
 ) -> Result<DebianSource> {
-    let family = super::cache::Key::new("index", &(&source.suite, &source.mirror))?;
-    let pointer = cache.root().join(format!("index-{}.txt", family.hash));
+    let pointer = index_pointer(cache.root(), source)?;
     let mut pinned = source.clone();
     match fetch_index(source).await {
         Ok(fingerprint) => {
@@ -72,22 +71,29 @@ pub async fn pin_index(
     Ok(pinned)
 }
 
+/// blake3 over the signed indexes of all of `source`'s suites.
+/// Where the last index fingerprint of `source`'s family (its suites and mirrors) is kept.
+pub fn index_pointer(images: &Path, source: &DebianSource) -> Result<std::path::PathBuf> {
+    let family = super::cache::Key::new("index", &source.sources())?;
+    Ok(images.join(format!("index-{}.txt", family.hash)))
+}
+
 async fn fetch_index(source: &DebianSource) -> Result<String> {
     let dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
-    let file = dir.path().join("InRelease");
-    let url = format!(
-        "{}/dists/{}/InRelease",
-        source.mirror.trim_end_matches('/'),
-        source.suite
-    );
-    let file_s = file.to_string_lossy().into_owned();
-    let args = ["download-file", url.as_str(), file_s.as_str()];
-    let fetch = crate::process::run_tool("fetching the Debian index", Path::new(APT_HELPER), &args);
-    tokio::time::timeout(std::time::Duration::from_secs(30), fetch)
-        .await
-        .map_err(|_| Error::Other(format!("{url}: no answer within 30 s")))??;
-    let bytes = std::fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
-    Ok(blake3::hash(&bytes).to_hex()[..24].to_string())
+    let mut hasher = blake3::Hasher::new();
+    for (i, url) in source.index_urls().iter().enumerate() {
+        let file = dir.path().join(format!("InRelease-{i}"));
+        let file_s = file.to_string_lossy().into_owned();
+        let args = ["download-file", url.as_str(), file_s.as_str()];
+        let fetch =
+            crate::process::run_tool("fetching the Debian index", Path::new(APT_HELPER), &args);
+        tokio::time::timeout(std::time::Duration::from_secs(30), fetch)
+            .await
+            .map_err(|_| Error::Other(format!("{url}: no answer within 30 s")))??;
+        let bytes = std::fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().to_hex()[..24].to_string())
 }
 
 /// Image builds create root-owned files and device nodes: they need root.
@@ -130,7 +136,7 @@ pub async fn mmdebstrap(
     }
     args.push(source.suite.clone());
     args.push(target.display().to_string());
-    args.push(source.mirror.clone());
+    args.extend(source.sources());
 
     // mmdebstrap runs as PID 1 of its own PID and mount namespaces, a child of unshare that
     // dies with it (--kill-child): if guestbox is SIGKILLed, PDEATHSIG takes unshare, the
@@ -207,6 +213,7 @@ mod tests {
             suite: "bookworm".into(),
             mirror: "http://127.0.0.1:9/debian".into(),
             index: None,
+            security_mirror: Some("http://127.0.0.1:9/debian-security".into()),
         };
         let err = pin_index(&cache, &source, &Progress::quiet())
             .await
@@ -216,7 +223,7 @@ mod tests {
             text.contains("cannot reach the Debian mirror") && text.contains("none are cached"),
             "{text}"
         );
-        let family = Key::new("index", &(&source.suite, &source.mirror)).unwrap();
+        let family = Key::new("index", &source.sources()).unwrap();
         std::fs::create_dir_all(cache.root()).unwrap();
         std::fs::write(
             cache.root().join(format!("index-{}.txt", family.hash)),

@@ -32,9 +32,53 @@ pub struct DebianSource {
     /// new images; None until [`ensure`] fills it in.
     #[serde(default)]
     pub index: Option<String>,
+    /// Where `<suite>-security` comes from (security updates, the kernel's included); None:
+    /// the suite and `<suite>-updates` only.
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+}
+
+impl DebianSource {
+    /// The sources mmdebstrap installs from, as sources.list lines: the suite, its point
+    /// updates, and its security updates.
+    pub fn sources(&self) -> Vec<String> {
+        let mirror = self.mirror.trim_end_matches('/');
+        let mut lines = vec![
+            format!("deb {mirror} {} main", self.suite),
+            format!("deb {mirror} {}-updates main", self.suite),
+        ];
+        if let Some(security) = &self.security_mirror {
+            lines.push(format!(
+                "deb {} {}-security main",
+                security.trim_end_matches('/'),
+                self.suite
+            ));
+        }
+        lines
+    }
+
+    /// The signed index (`InRelease`) of each source, by URL.
+    pub fn index_urls(&self) -> Vec<String> {
+        let mirror = self.mirror.trim_end_matches('/');
+        let mut urls = vec![
+            format!("{mirror}/dists/{}/InRelease", self.suite),
+            format!("{mirror}/dists/{}-updates/InRelease", self.suite),
+        ];
+        if let Some(security) = &self.security_mirror {
+            urls.push(format!(
+                "{}/dists/{}-security/InRelease",
+                security.trim_end_matches('/'),
+                self.suite
+            ));
+        }
+        urls
+    }
 }
 
 impl Default for DebianSource {
+    /// bookworm from deb.debian.org, with its security updates. `GUESTBOX_DEBIAN_MIRROR`
+    /// picks another mirror; `GUESTBOX_DEBIAN_SECURITY_MIRROR` another security mirror, or
+    /// none when empty (for a local mirror without one).
     fn default() -> Self {
         Self {
             suite: "bookworm".into(),
@@ -43,6 +87,11 @@ impl Default for DebianSource {
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
             index: None,
+            security_mirror: match std::env::var("GUESTBOX_DEBIAN_SECURITY_MIRROR") {
+                Ok(m) if m.is_empty() => None,
+                Ok(m) => Some(m),
+                Err(_) => Some("http://deb.debian.org/debian-security".into()),
+            },
         }
     }
 }

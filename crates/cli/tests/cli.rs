@@ -242,21 +242,27 @@ fn ls_and_inspect_show_the_base() {
     assert!(text(&o).0.contains(&id[..12]));
 }
 
-#[test]
-fn an_interrupted_image_build_leaves_nothing_behind() {
-    let home = tempfile::tempdir().unwrap();
-    let images = home.path().join("cache/images");
+/// `guestbox images` in the empty home `home`, and the build directory it works in, once
+/// `busy` says its tools are at work there.
+// The child goes to the caller, who waits for it: clippy cannot see through the return.
+#[allow(clippy::zombie_processes)]
+fn image_build_started(
+    home: &Path,
+    stderr: Stdio,
+    within: Duration,
+    busy: impl Fn(&std::process::Child, &Path) -> bool,
+) -> (std::process::Child, PathBuf) {
+    let images = home.join("cache/images");
     let child = Command::new(env!("CARGO_BIN_EXE_guestbox"))
-        .env("GUESTBOX_HOME", home.path())
+        .env("GUESTBOX_HOME", home)
         .args(["images"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    // Wait until a build directory exists and mmdebstrap is working in it.
     let started = Instant::now();
-    let tmp = loop {
+    loop {
         let found = std::fs::read_dir(&images)
             .into_iter()
             .flatten()
@@ -267,16 +273,31 @@ fn an_interrupted_image_build_leaves_nothing_behind() {
                     .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
             });
         if let Some(t) = found {
-            if !pids_matching(&t.to_string_lossy()).is_empty() {
-                break t;
+            if busy(&child, &t) {
+                return (child, t);
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no image build started"
-        );
+        if started.elapsed() >= within {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no image build started within {within:?}");
+        }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn an_interrupted_image_build_leaves_nothing_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let images = home.path().join("cache/images");
+    // Wait until a build directory exists and mmdebstrap is working in it.
+    let (child, tmp) = image_build_started(
+        home.path(),
+        Stdio::piped(),
+        Duration::from_secs(60),
+        |_, t| !pids_matching(&t.to_string_lossy()).is_empty(),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -684,38 +705,13 @@ fn sigkill_during_bootstrap_registers_nothing_and_gc_cleans_up() {
 #[test]
 fn sigkill_during_an_image_build_leaves_no_process_or_mount() {
     let home = tempfile::tempdir().unwrap();
-    let images = home.path().join("cache/images");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guestbox"))
-        .env("GUESTBOX_HOME", home.path())
-        .args(["images"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until apt or dpkg works inside a build directory (mmdebstrap's grandchildren).
-    let started = Instant::now();
-    let tmp = loop {
-        let found = std::fs::read_dir(&images)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
-            });
-        if let Some(t) = found {
-            if descendants(child.id() as i32).len() >= 3 {
-                break t;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no image build started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut child, tmp) = image_build_started(
+        home.path(),
+        Stdio::null(),
+        Duration::from_secs(120),
+        |c, _| descendants(c.id() as i32).len() >= 3,
+    );
     std::thread::sleep(Duration::from_secs(3));
     kill_and_check_orphans(&mut child, "image build");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -96,6 +96,20 @@ fn abandoned_runs(store: &Store) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits (up to two minutes) for a run directory not in `before` in which `found` finds
+/// what it looks for.
+async fn in_new_run<T>(store: &Store, before: &[PathBuf], found: impl Fn(&Path) -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        let new = run_dirs(store).into_iter().filter(|d| !before.contains(d));
+        if let Some(t) = new.into_iter().find_map(|d| found(&d)) {
+            return t;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs `true` on `base` in `store`; the error a damaged base must give.
 async fn revive_error(store: &Store, base: &Base) -> guestbox::Error {
     let mut out = Vec::new();
@@ -245,27 +259,17 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
     let before = run_dirs(&store);
     let job = tokio::spawn(run(cmd(&["sleep", "300"])));
     // Find this run's guest QEMU by its overlay.
-    let started = Instant::now();
-    let pid = loop {
-        let new: Vec<_> = run_dirs(&store)
+    // Its guest QEMU, found by the overlay; QEMU's, not qemu-img's (which names the
+    // overlay too while it makes it).
+    let pid = in_new_run(&store, &before, |d| {
+        common::pids_matching(&d.join("guest.qcow2").to_string_lossy())
             .into_iter()
-            .filter(|d| !before.contains(d))
-            .collect();
-        // QEMU's, not qemu-img's (which names the overlay too while it makes it).
-        let pids: Vec<u32> = new
-            .iter()
-            .flat_map(|d| common::pids_matching(&d.join("guest.qcow2").to_string_lossy()))
-            .filter(|p| {
+            .find(|p| {
                 std::fs::read(format!("/proc/{p}/cmdline"))
                     .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
             })
-            .collect();
-        if let Some(p) = pids.first() {
-            break *p;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no run");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // SAFETY: plain syscall on a pid we found.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -422,20 +426,10 @@ async fn secrets_are_private_and_never_in_process_arguments() {
     let store = common::store();
     let before = run_dirs(&store);
     let job = tokio::spawn(run(cmd(&["sleep", "6"])));
-    let started = Instant::now();
-    let dir = loop {
-        let new: Vec<_> = run_dirs(&store)
-            .into_iter()
-            .filter(|d| !before.contains(d))
-            .collect();
-        if let Some(d) = new.first() {
-            if common::pids_matching(&d.to_string_lossy()).len() >= 2 {
-                break d.clone();
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no run");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dir = in_new_run(&store, &before, |d| {
+        (common::pids_matching(&d.to_string_lossy()).len() >= 2).then(|| d.to_path_buf())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Every process's arguments and environment, and every file of the run.
     let mut seen = Vec::new();

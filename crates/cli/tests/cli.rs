@@ -133,6 +133,24 @@ fn run_dirs(home: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The name of the run directory of guestbox `pid` once its two QEMUs run (up to two
+/// minutes). By parentage: other tests run at the same time in the same home.
+fn started_run(home: &Path, pid: u32) -> String {
+    let started = Instant::now();
+    loop {
+        let ours = descendants(pid as i32);
+        let mine = |d: &String| pids_matching(d).iter().filter(|p| ours.contains(p)).count() >= 2;
+        if let Some(d) = run_dirs(home).into_iter().find(mine) {
+            return d;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_default_base_runs_commands_and_sigint_cleans_up() {
     // First use bootstraps the default base (or finds it): a real run end to end.
@@ -151,7 +169,6 @@ fn the_default_base_runs_commands_and_sigint_cleans_up() {
     assert_eq!(o.status.code(), Some(124), "{}", text(&o).1);
 
     let home = test_home();
-    let before = run_dirs(&home);
     let mut child = guestbox()
         .args(["run", "--", "sleep", "300"])
         .stdout(Stdio::null())
@@ -159,24 +176,7 @@ fn the_default_base_runs_commands_and_sigint_cleans_up() {
         .spawn()
         .unwrap();
     // Wait until its run directory and QEMUs exist.
-    let started = Instant::now();
-    let run_dir = loop {
-        let new: Vec<_> = run_dirs(&home)
-            .into_iter()
-            .filter(|d| !before.contains(d))
-            .collect();
-        if let Some(d) = new.first() {
-            let qemus = pids_matching(d);
-            if qemus.len() >= 2 {
-                break d.clone();
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run_dir = started_run(&home, child.id());
     std::thread::sleep(Duration::from_secs(2));
     let qemus = pids_matching(&run_dir);
     assert!(
@@ -608,27 +608,13 @@ fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
     // The default base first, so the run below revives it.
     let o = guestbox().args(["run", "--", "true"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-    let before = run_dirs(&home);
     let mut child = guestbox()
         .args(["run", "--", "sleep", "300"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let run_dir = loop {
-        let new: Vec<_> = run_dirs(&home)
-            .into_iter()
-            .filter(|d| !before.contains(d))
-            .collect();
-        if let Some(d) = new.first() {
-            if pids_matching(d).len() >= 2 {
-                break d.clone();
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no run");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run_dir = started_run(&home, child.id());
     std::thread::sleep(Duration::from_secs(2));
     kill_and_check_orphans(&mut child, "run");
     assert!(pids_matching(&run_dir).is_empty());

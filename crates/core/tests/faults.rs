@@ -257,11 +257,20 @@ async fn a_guest_kernel_panic_ends_the_run_with_125_and_the_panic_on_screen() {
 async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
     let store = common::store();
     let before = run_dirs(&store);
-    let job = tokio::spawn(run(cmd(&["sleep", "300"])));
-    // Find this run's guest QEMU by its overlay.
-    // Its guest QEMU, found by the overlay; QEMU's, not qemu-img's (which names the
-    // overlay too while it makes it).
+    // An exchange directory of its own marks this run's controller among the other tests'
+    // runs; the guest QEMU (not qemu-img, which names the overlay too) is in the same run.
+    let xchg = tempfile::tempdir().unwrap();
+    let mut o = cmd(&["sleep", "300"]);
+    o.xchg = Some(xchg.path().to_path_buf());
+    let job = tokio::spawn(run(o));
     let pid = in_new_run(&store, &before, |d| {
+        let with_xchg = common::pids_matching(&xchg.path().to_string_lossy());
+        let ours = common::pids_matching(&d.to_string_lossy())
+            .iter()
+            .any(|p| with_xchg.contains(p));
+        if !ours {
+            return None;
+        }
         common::pids_matching(&d.join("guest.qcow2").to_string_lossy())
             .into_iter()
             .find(|p| {

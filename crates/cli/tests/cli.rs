@@ -206,11 +206,8 @@ fn the_default_base_runs_commands_and_sigint_cleans_up() {
     );
 }
 
-#[test]
-fn ls_and_inspect_show_the_base() {
-    // Make sure the default base exists (cheap when it does).
-    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+/// The id of the base named "default", as `ls --json` lists it.
+fn default_base_id() -> String {
     let o = guestbox().args(["ls", "--json"]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let default = rows
@@ -225,7 +222,16 @@ fn ls_and_inspect_show_the_base() {
                 .any(|n| n == "default")
         })
         .expect("ls lists the default base");
-    let id = default["id"].as_str().unwrap();
+    default["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn ls_and_inspect_show_the_base() {
+    // Make sure the default base exists (cheap when it does).
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let id = default_base_id();
+    let id = id.as_str();
     let o = guestbox().args(["inspect", &id[..10]]).output().unwrap();
     let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(m["id"], id);
@@ -779,23 +785,7 @@ fn the_most_verbose_log_carries_no_secret() {
         err.contains("qemu command line"),
         "not the verbose log: {err}"
     );
-    let o = guestbox().args(["ls", "--json"]).output().unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let id = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            r["names"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n == "default")
-        })
-        .expect("the default base")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = default_base_id();
     let secrets: serde_json::Value = serde_json::from_slice(
         &std::fs::read(test_home().join("bases").join(id).join("secrets.json")).unwrap(),
     )

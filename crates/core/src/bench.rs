@@ -376,29 +376,6 @@ fn child_processes() -> usize {
         .count()
 }
 
-/// Bytes allocated under `dir` (like `du`).
-fn disk_use(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        total += md.blocks() * 512;
-        if md.is_dir() {
-            stack.extend(
-                std::fs::read_dir(&p)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    total
-}
-
 /// `guestbox bench --soak N`: load and soak figures for the README's Reliability
 /// section. `parallel` runs at once from one base, each writing its own outputs, checked;
 /// then `soak` runs one after another, with this process's descriptors and children and
@@ -473,7 +450,7 @@ pub async fn reliability(
     let (fds0, kids0, disk0) = (
         count_entries("/proc/self/fd"),
         child_processes(),
-        disk_use(&dirs.data),
+        crate::gc::usage(&dirs.data),
     );
     let mut times = Vec::new();
     let mut failed = 0;
@@ -495,7 +472,7 @@ pub async fn reliability(
     let (fds1, kids1, disk1) = (
         count_entries("/proc/self/fd"),
         child_processes(),
-        disk_use(&dirs.data),
+        crate::gc::usage(&dirs.data),
     );
     step.done();
     let window = (soak / 10).max(1);

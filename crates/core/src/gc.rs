@@ -15,7 +15,8 @@ pub struct Report {
     pub bytes: u64,
 }
 
-fn usage(path: &Path) -> u64 {
+/// Bytes allocated under `path` (like `du`).
+pub(crate) fn usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
@@ -52,13 +53,13 @@ fn abandoned(dir: &Path) -> bool {
 
 /// The index fingerprint images are built from now (that of the default source, as this
 /// environment configures it), if one was ever fetched.
-fn current_indexes(images: &Path) -> Vec<String> {
-    crate::images::debian::index_pointer(images, &crate::images::DebianSource::default())
+fn current_index(images: &Path) -> Option<String> {
+    let pointer =
+        crate::images::debian::index_pointer(images, &crate::images::DebianSource::default())
+            .ok()?;
+    fs::read_to_string(pointer)
         .ok()
-        .and_then(|p| fs::read_to_string(p).ok())
         .map(|s| s.trim().to_string())
-        .into_iter()
-        .collect()
 }
 
 fn image_is_stale(images: &Path, artifact: &Path) -> bool {
@@ -73,8 +74,7 @@ fn image_is_stale(images: &Path, artifact: &Path) -> bool {
     }
     if inputs["source"].is_object() {
         let index = inputs["source"]["index"].as_str().unwrap_or_default();
-        let current = current_indexes(images);
-        if !current.is_empty() && !current.iter().any(|c| c == index) {
+        if current_index(images).is_some_and(|current| current != index) {
             return true;
         }
     }

@@ -342,22 +342,14 @@ async fn a_symlink_out_of_a_share_does_not_reach_host_files() {
         guest: "/work".into(),
         readonly: false,
     };
-    // The guest plants its own escape too, for the next run.
-    let mut o = cmd(&[
-        "sh",
-        "-c",
-        "ln -s /etc /work/guest-made 2>&1; ln -s / /work/root 2>&1; \
-         for f in abs absdir/secret rel guest-made/hostname root/etc/hostname; do \
-           echo \"$f: $(cat /work/$f 2>&1 | head -c 60)\"; done",
-    ]);
+    // Reads every planted link; the first run also plants the guest's own escapes.
+    const READ: &str = "for f in abs absdir/secret rel guest-made/hostname root/etc/hostname; do \
+           echo \"$f: $(cat /work/$f 2>&1 | head -c 60)\"; done";
+    let plant = format!("ln -s /etc /work/guest-made 2>&1; ln -s / /work/root 2>&1; {READ}");
+    let mut o = cmd(&["sh", "-c", &plant]);
     o.volumes = vec![volume.clone()];
     let first = run(o).await.unwrap();
-    let mut o = cmd(&[
-        "sh",
-        "-c",
-        "for f in abs absdir/secret rel guest-made/hostname root/etc/hostname; do \
-           echo \"$f: $(cat /work/$f 2>&1 | head -c 60)\"; done",
-    ]);
+    let mut o = cmd(&["sh", "-c", READ]);
     o.volumes = vec![volume];
     let second = run(o).await.unwrap();
     let host_name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();

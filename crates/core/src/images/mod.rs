@@ -39,39 +39,37 @@ pub struct DebianSource {
 }
 
 impl DebianSource {
-    /// The sources mmdebstrap installs from, as sources.list lines: the suite, its point
-    /// updates, and its security updates.
-    pub fn sources(&self) -> Vec<String> {
+    /// `(mirror, suite)` of each source: the suite, its point updates, and its security
+    /// updates.
+    fn suites(&self) -> Vec<(&str, String)> {
         let mirror = self.mirror.trim_end_matches('/');
-        let mut lines = vec![
-            format!("deb {mirror} {} main", self.suite),
-            format!("deb {mirror} {}-updates main", self.suite),
+        let mut suites = vec![
+            (mirror, self.suite.clone()),
+            (mirror, format!("{}-updates", self.suite)),
         ];
         if let Some(security) = &self.security_mirror {
-            lines.push(format!(
-                "deb {} {}-security main",
+            suites.push((
                 security.trim_end_matches('/'),
-                self.suite
+                format!("{}-security", self.suite),
             ));
         }
-        lines
+        suites
+    }
+
+    /// The sources mmdebstrap installs from, as sources.list lines.
+    pub fn sources(&self) -> Vec<String> {
+        self.suites()
+            .into_iter()
+            .map(|(mirror, suite)| format!("deb {mirror} {suite} main"))
+            .collect()
     }
 
     /// The signed index (`InRelease`) of each source, by URL.
     pub fn index_urls(&self) -> Vec<String> {
-        let mirror = self.mirror.trim_end_matches('/');
-        let mut urls = vec![
-            format!("{mirror}/dists/{}/InRelease", self.suite),
-            format!("{mirror}/dists/{}-updates/InRelease", self.suite),
-        ];
-        if let Some(security) = &self.security_mirror {
-            urls.push(format!(
-                "{}/dists/{}-security/InRelease",
-                security.trim_end_matches('/'),
-                self.suite
-            ));
-        }
-        urls
+        self.suites()
+            .into_iter()
+            .map(|(mirror, suite)| format!("{mirror}/dists/{suite}/InRelease"))
+            .collect()
     }
 }
 

@@ -248,12 +248,13 @@ fn ls_and_inspect_show_the_base() {
     assert!(text(&o).0.contains(&id[..12]));
 }
 
-/// `guestbox images` in the empty home `home`, and the build directory it works in, once
-/// `busy` says its tools are at work there.
+/// `guestbox images` in the empty home `home` with `TMPDIR` set to `tmpdir`, and the build
+/// directory it works in, once `busy` says its tools are at work there.
 // The child goes to the caller, who waits for it: clippy cannot see through the return.
 #[allow(clippy::zombie_processes)]
 fn image_build_started(
     home: &Path,
+    tmpdir: &Path,
     stderr: Stdio,
     within: Duration,
     busy: impl Fn(&std::process::Child, &Path) -> bool,
@@ -261,6 +262,7 @@ fn image_build_started(
     let images = home.join("cache/images");
     let child = Command::new(env!("CARGO_BIN_EXE_guestbox"))
         .env("GUESTBOX_HOME", home)
+        .env("TMPDIR", tmpdir)
         .args(["images"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -296,10 +298,12 @@ fn image_build_started(
 #[test]
 fn an_interrupted_image_build_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
+    let tmpdir = tempfile::tempdir().unwrap();
     let images = home.path().join("cache/images");
     // Wait until a build directory exists and mmdebstrap is working in it.
     let (child, tmp) = image_build_started(
         home.path(),
+        tmpdir.path(),
         Stdio::piped(),
         Duration::from_secs(60),
         |_, t| !pids_matching(&t.to_string_lossy()).is_empty(),
@@ -334,6 +338,17 @@ fn an_interrupted_image_build_leaves_nothing_behind() {
         registered.is_empty(),
         "half-made artifacts registered: {registered:?}"
     );
+    assert_empty(tmpdir.path());
+}
+
+/// Fails naming what a command left in `dir` (its TMPDIR).
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
 #[test]
@@ -697,9 +712,11 @@ fn sigkill_during_bootstrap_registers_nothing_and_gc_cleans_up() {
 #[test]
 fn sigkill_during_an_image_build_leaves_no_process_or_mount() {
     let home = tempfile::tempdir().unwrap();
+    let tmpdir = tempfile::tempdir().unwrap();
     // Wait until apt or dpkg works inside a build directory (mmdebstrap's grandchildren).
     let (mut child, tmp) = image_build_started(
         home.path(),
+        tmpdir.path(),
         Stdio::null(),
         Duration::from_secs(120),
         |c, _| descendants(c.id() as i32).len() >= 3,
@@ -713,6 +730,8 @@ fn sigkill_during_an_image_build_leaves_no_process_or_mount() {
         tmp.display()
     );
     gc_removes(home.path(), &tmp);
+    // SIGKILL leaves no chance to clean up: nothing may have been put in TMPDIR to begin with.
+    assert_empty(tmpdir.path());
 }
 
 /// Peak resident memory of a live process, in KiB.

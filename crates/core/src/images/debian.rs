@@ -143,32 +143,67 @@ pub async fn mmdebstrap(
     // kernel then takes mmdebstrap, every apt and dpkg below it, and the mounts it made in
     // the chroot. A process group alone would leave the grandchildren and the mounts.
     let unshare = hostcheck::path_of(hostcheck::UNSHARE)?;
-    let mut std_cmd = std::process::Command::new(&unshare);
+    // Its temporary files (a gpg home, apt lists) go next to the target, inside the build's
+    // own directory: a SIGKILL cannot leave them in /tmp, and gc removes the build's remains.
+    let tmp = target.with_extension("tmp");
+    std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    let result = run_mmdebstrap(&unshare, &program, &args, &tmp, step).await;
+    std::fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
+    result.map_err(|(status, log)| Error::Command {
+        what: format!(
+            "mmdebstrap ({} from {}, packages: {})",
+            source.suite,
+            source.mirror,
+            if packages.is_empty() {
+                "-".to_string()
+            } else {
+                packages.join(",")
+            }
+        ),
+        status,
+        detail: tail_of_text(&log, 20),
+    })
+}
+
+/// Runs mmdebstrap under `unshare`; on failure, its exit status and output.
+async fn run_mmdebstrap(
+    unshare: &Path,
+    program: &Path,
+    args: &[String],
+    tmp: &Path,
+    step: &Step,
+) -> std::result::Result<(), (String, String)> {
+    let mut std_cmd = std::process::Command::new(unshare);
     std_cmd
         .args(["--pid", "--mount", "--fork", "--kill-child", "--"])
-        .arg(&program)
-        .args(&args)
+        .arg(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .env("TMPDIR", tmp)
         // mmdebstrap reads no config from the environment that we want; keep apt quiet.
         .env("DEBIAN_FRONTEND", "noninteractive");
     supervise(&mut std_cmd);
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.kill_on_drop(true);
     tracing::debug!(?args, "mmdebstrap");
-    let mut child = cmd
-        .spawn()
-        .ctx(|| format!("starting {}", program.display()))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        (
+            "not started".to_string(),
+            format!("starting {}: {e}", program.display()),
+        )
+    })?;
     let mut group = GroupGuard(child.id().map(|p| p as libc::pid_t));
     let mut log = String::new();
     if let Some(stderr) = child.stderr.take() {
         let mut lines = BufReader::new(stderr).lines();
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .ctx(|| "reading mmdebstrap's output")?
-        {
+        while let Some(line) = lines.next_line().await.map_err(|e| {
+            (
+                "unknown".to_string(),
+                format!("reading mmdebstrap's output: {e}"),
+            )
+        })? {
             if let Some(rest) = line.strip_prefix("I: ") {
                 step.detail(rest);
             }
@@ -177,23 +212,15 @@ pub async fn mmdebstrap(
             log.push('\n');
         }
     }
-    let status = child.wait().await.ctx(|| "waiting for mmdebstrap")?;
+    let status = child.wait().await.map_err(|e| {
+        (
+            "unknown".to_string(),
+            format!("waiting for mmdebstrap: {e}"),
+        )
+    })?;
     group.disarm();
     if !status.success() {
-        return Err(Error::Command {
-            what: format!(
-                "mmdebstrap ({} from {}, packages: {})",
-                source.suite,
-                source.mirror,
-                if packages.is_empty() {
-                    "-".to_string()
-                } else {
-                    packages.join(",")
-                }
-            ),
-            status: status.to_string(),
-            detail: tail_of_text(&log, 20),
-        });
+        return Err((status.to_string(), log));
     }
     Ok(())
 }

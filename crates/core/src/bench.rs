@@ -68,13 +68,18 @@ fn profile_of(base: &Base) -> Result<Profile> {
     serde_json::from_value(base.manifest.inputs.clone()).map_err(|e| Error::Other(e.to_string()))
 }
 
-/// `count` revives started together; returns each one's time to running and the memory
-/// of each guest QEMU (private KiB, PSS KiB) while all run.
-async fn revive_many(
-    store: &Store,
-    base: &Base,
-    count: usize,
-) -> Result<(Duration, Vec<(u64, u64)>)> {
+/// What `count` revives started together cost.
+struct Revived {
+    /// Wall time until every pair runs.
+    wall: Duration,
+    /// (private KiB, PSS KiB) of each guest QEMU while all run.
+    memory: Vec<(u64, u64)>,
+    /// CPU seconds per pair until it runs: guestbox with its tools (qemu-img), the guest's
+    /// QEMU, the controller's QEMU.
+    cpu: [f64; 3],
+}
+
+async fn revive_many(store: &Store, base: &Base, count: usize) -> Result<Revived> {
     let qemu = hostcheck::path_of(hostcheck::QEMU)?;
     let profile = profile_of(base)?;
     let mut dirs = Vec::new();
@@ -84,6 +89,7 @@ async fn revive_many(
         shares.push(idle_shares(d.path())?);
         dirs.push(d);
     }
+    let ours = own_cpu();
     let started = Instant::now();
     let launches = dirs
         .iter()
@@ -91,9 +97,15 @@ async fn revive_many(
         .map(|(d, s)| launch(&qemu, base, &profile, d, s, false, Duration::from_secs(60)));
     let pairs = futures::future::try_join_all(launches).await?;
     let wall = started.elapsed();
+    let per_pair = |pid: Option<u32>| pid.map_or(f64::NAN, cpu_of);
+    let mut cpu = [(own_cpu() - ours) / count as f64, 0.0, 0.0];
+    for p in &pairs {
+        cpu[1] += per_pair(p.guest.process.pid()) / count as f64;
+        cpu[2] += per_pair(p.controller.process.pid()) / count as f64;
+    }
     // Let the guests run a moment so their touched pages show.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mem = pairs
+    let memory = pairs
         .iter()
         .filter_map(|p| p.guest.process.pid())
         .map(|pid| memory_of(pid).unwrap_or((0, 0)))
@@ -102,7 +114,32 @@ async fn revive_many(
         p.guest.process.kill().await;
         p.controller.process.kill().await;
     }
-    Ok((wall, mem))
+    Ok(Revived { wall, memory, cpu })
+}
+
+/// CPU seconds used so far by this process and its reaped children.
+fn own_cpu() -> f64 {
+    let usage = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds a live process's threads have run, from their schedstat (nanoseconds).
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }
 
 /// (private KiB, PSS KiB) of a process, from /proc/PID/smaps_rollup.
@@ -195,20 +232,28 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     let mut rev_small = Vec::new();
     let mut rev_big = Vec::new();
     let mut private_small = Vec::new();
+    let mut cpu1 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
-        let (t, mem) = revive_many(&store, &small, 1).await?;
-        rev_small.push(secs(t));
-        private_small.extend(mem);
-        rev_big.push(secs(revive_many(&store, &big, 1).await?.0));
+        let r = revive_many(&store, &small, 1).await?;
+        rev_small.push(secs(r.wall));
+        private_small.extend(r.memory);
+        for (all, one) in cpu1.iter_mut().zip(r.cpu) {
+            all.push(one);
+        }
+        rev_big.push(secs(revive_many(&store, &big, 1).await?.wall));
     }
     step.done();
     let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
     let mut private4 = Vec::new();
+    let mut cpu4 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
-        let (t, mem) = revive_many(&store, &small, 4).await?;
-        par4.push(secs(t));
-        private4.extend(mem);
+        let r = revive_many(&store, &small, 4).await?;
+        par4.push(secs(r.wall));
+        private4.extend(r.memory);
+        for (all, one) in cpu4.iter_mut().zip(r.cpu) {
+            all.push(one);
+        }
     }
     step.done();
     let step = progress.step(format!(
@@ -270,6 +315,22 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     );
     row("4 parallel revives, wall", format!("{:.3} s", p4), "");
     row("  4 parallel / 1", format!("{:.2}", p4 / rs), "<= 2");
+    // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how
+    // many revives fit in the time of one.
+    let cpu_split = |cpu: [Vec<f64>; 3]| {
+        let [a, b, c] = cpu.map(median);
+        format!("{a:.3} + {b:.3} + {c:.3} = {:.3} CPU-s", a + b + c)
+    };
+    row(
+        "  CPU per revive, 1 | 4 parallel",
+        format!("{} | {}", cpu_split(cpu1), cpu_split(cpu4)),
+        "",
+    );
+    row(
+        "    (guestbox and qemu-img + guest QEMU + controller QEMU)",
+        String::new(),
+        "",
+    );
     let priv_kib = median(private4.iter().map(|m| m.0 as f64).collect());
     let pss_kib = median(private4.iter().map(|m| m.1 as f64).collect());
     let priv1 = median(private_small.iter().map(|m| m.0 as f64).collect());

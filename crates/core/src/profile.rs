@@ -86,7 +86,12 @@ mount -t cifs //192.168.0.2/{share} {root} -o credentials=/run/guestbox/smb.cred
                     }
                 }
                 if let Some(dir) = &job.workdir {
-                    s.push_str(&format!("cd {}; ", sh_quote(dir)));
+                    // Made if missing, as docker does. If it cannot be, the job never ran:
+                    // guestbox's own 125, not a status the command could have given.
+                    let d = sh_quote(dir);
+                    s.push_str(&format!(
+                        "mkdir -p {d} && cd {d} || {{ printf 'guestbox: cannot use %s as the working directory\\n' {d} >&2; exit 125; }}; "
+                    ));
                 }
                 // Shell builtins, not env(1): every exec is paid again in a revived guest.
                 for (k, v) in &job.env {
@@ -157,6 +162,50 @@ mod tests {
         assert_eq!(back, expected);
     }
 
+    /// Runs the job's script for `workdir` in the host's sh: (status, stdout, stderr).
+    fn run_in_workdir(workdir: &str) -> (Option<i32>, String, String) {
+        let job = GuestJob {
+            time: None,
+            mounts: vec![],
+            env: vec![],
+            workdir: Some(workdir.into()),
+            argv: vec!["pwd".into()],
+        };
+        let s = Profile::Debian(GuestRecipe::new(vec![])).run_script(&job);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &s])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_missing_workdir_is_made_and_an_impossible_one_is_guestboxs_125() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Quotes and dollars stay data, in the mkdir and in the error message alike.
+        let odd = tmp.path().join("a \"b\" $HOME `x`");
+        let (code, out, _) = run_in_workdir(&odd.to_string_lossy());
+        assert_eq!(code, Some(0));
+        assert_eq!(out.trim_end(), odd.to_string_lossy());
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let under_file = file.join("x \"; echo injected; \"");
+        let (code, out, err) = run_in_workdir(&under_file.to_string_lossy());
+        assert_eq!(code, Some(125), "{err}");
+        assert!(!out.contains("injected") && !err.contains("\ninjected"));
+        assert!(
+            err.contains(&format!(
+                "guestbox: cannot use {} as the working directory",
+                under_file.display()
+            )),
+            "{err}"
+        );
+    }
+
     #[test]
     fn run_script_binds_mounts_then_execs() {
         let p = Profile::Debian(GuestRecipe::new(vec![]));
@@ -183,7 +232,8 @@ mod tests {
             s,
             "set -e; mkdir -p '/src dir'; mount --bind /run/guestbox/share/vol0 '/src dir'; \
              mount -o remount,bind,ro '/src dir'; mkdir -p /out; mount --bind /run/guestbox/share/vol1 /out; \
-             cd '/src dir'; export 'A=x y'; exec sh -c 'echo $A'"
+             mkdir -p '/src dir' && cd '/src dir' || { printf 'guestbox: cannot use %s as the working directory\\n' '/src dir' >&2; exit 125; }; \
+             export 'A=x y'; exec sh -c 'echo $A'"
         );
         let out = std::process::Command::new("sh")
             .args(["-n", "-c", &s])

@@ -102,8 +102,9 @@ pub fn require_root() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::Usage(
             "building guest images needs root (mmdebstrap and mkfs.ext4 create root-owned files): \
-             run the first `guestbox bootstrap` (or `guestbox images build`) with sudo, or use \
-             images that are already in the cache"
+             run `sudo guestbox images` once with GUESTBOX_HOME set to a directory you then \
+             use for every run (e.g. `sudo GUESTBOX_HOME=/var/lib/guestbox guestbox images`, \
+             then `sudo chown -R $USER /var/lib/guestbox`), or run guestbox as root"
                 .into(),
         ));
     }
@@ -119,6 +120,8 @@ pub async fn mmdebstrap(
     step: &Step,
 ) -> Result<()> {
     require_root()?;
+    // Every tool the build needs, before minutes of mmdebstrap: not mkfs.ext4 missing after.
+    hostcheck::require(hostcheck::IMAGE_BUILD)?;
     let program = hostcheck::path_of(hostcheck::MMDEBSTRAP)?;
     let mut args: Vec<String> = vec![
         match variant {

@@ -53,20 +53,37 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct VmArgs {
-    /// Guest memory, e.g. 512M, 2G (plain numbers are MiB).
-    #[arg(long, default_value = "1G", value_parser = parse_size_mib)]
-    pub memory: u64,
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
-    /// auto probes KVM (briefly, once per host boot) and falls back to TCG.
+    /// Guest memory, e.g. 512M, 2G (plain numbers are MiB) [default: 1G; --profile windows
+    /// 4G, windows-xp 512M].
+    // An Option, not a default: the Windows profiles have their own defaults, and a
+    // given `--memory 1G` must not read as "not given".
+    #[arg(long, value_parser = parse_size_mib)]
+    pub memory: Option<u64>,
+    /// Guest CPUs [default: 1; --profile windows 2].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// auto probes KVM (briefly, once per host boot) and falls back to TCG. Windows
+    /// --emit probes nothing: there auto means tcg, give kvm for KVM command lines.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
 }
 
+impl VmArgs {
+    /// Memory in MiB, 1 GiB unless given.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory.unwrap_or(1024)
+    }
+
+    /// CPUs, 1 unless given.
+    pub fn cpus(&self) -> u32 {
+        self.cpus.unwrap_or(1)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
-    /// Guest profile: debian (built from Debian packages).
+    /// Guest profile: debian (built from Debian packages); windows (64-bit Windows 10/11,
+    /// Server 2016 and later) or windows-xp (32-bit XP/Server 2003) with --emit.
     #[arg(long, default_value = "debian")]
     pub profile: String,
     /// A name for the base (bases are content-addressed; a name is an alias).
@@ -83,7 +100,9 @@ pub struct BootstrapArgs {
     pub windows: WindowsArgs,
 }
 
-/// Windows profiles (`--profile windows` for Vista..11/Server, `windows-xp` for XP/2003).
+/// Windows profiles: `--profile windows` for 64-bit Windows 10/11 and Server 2016-2025
+/// (Autounattend.xml; older Windows cannot be selected here), `windows-xp` for 32-bit
+/// XP/Server 2003 (winnt.sif).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Windows guests")]
 pub struct WindowsArgs {
@@ -91,7 +110,8 @@ pub struct WindowsArgs {
     #[arg(long, value_name = "PATH")]
     pub iso: Option<std::path::PathBuf>,
     /// Local Cygwin mirror: the directory named after the mirror URL, as
-    /// `setup-x86_64.exe --download` leaves it (holds x86_64/setup.ini).
+    /// `setup-x86_64.exe --download` leaves it (holds x86_64/setup.ini; windows-xp: a
+    /// 32-bit mirror from setup-x86.exe, holding x86/setup.ini).
     #[arg(long, value_name = "DIR")]
     pub cygwin_mirror: Option<std::path::PathBuf>,
     /// Cygwin's setup program [default: setup-x86_64.exe (XP: setup-x86.exe) next to the mirror].
@@ -109,7 +129,8 @@ pub struct WindowsArgs {
     /// Edition to install by name, e.g. "Windows 11 Pro".
     #[arg(long)]
     pub edition: Option<String>,
-    /// Administrator password [default: generated, kept in the base, never printed].
+    /// Administrator password [default: the one in DIR/admin-password from an earlier
+    /// --emit into DIR, else generated; kept there (owner-only), never printed].
     #[arg(long, env = "GUESTBOX_WINDOWS_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// Install for UEFI (GPT) instead of BIOS (MBR).
@@ -118,10 +139,12 @@ pub struct WindowsArgs {
     /// Windows 11 on a real TPM 2.0 (swtpm) and Secure Boot instead of the LabConfig bypass.
     #[arg(long)]
     pub tpm: bool,
-    /// Locale, e.g. en-US, de-DE.
+    /// Locale, e.g. en-US, de-DE (windows-xp: en-US, en-GB, de-DE, fr-FR, es-ES, it-IT,
+    /// nl-NL or ja-JP).
     #[arg(long, default_value = "en-US")]
     pub locale: String,
-    /// Windows time zone id, e.g. "UTC", "W. Europe Standard Time".
+    /// Windows time zone id, e.g. "UTC", "W. Europe Standard Time" (windows-xp: UTC and
+    /// nine common ids; others are refused with the list).
     #[arg(long, default_value = "UTC")]
     pub timezone: String,
     /// Write the floppy, the Cygwin CD, the answer file, every script and the QEMU command

@@ -156,8 +156,8 @@ fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
     Ok(BootstrapOptions {
         profile: profile_from(&args.profile, &args.image)?,
         name: args.name.clone(),
-        memory_mib: args.vm.memory,
-        cpus: args.vm.cpus,
+        memory_mib: args.vm.memory_mib(),
+        cpus: args.vm.cpus(),
         accel: args.vm.accel.parse()?,
         timeout: args.timeout,
     })
@@ -168,8 +168,10 @@ const DEFAULT_BASE: &str = "default";
 
 async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Result<Base> {
     let store = store()?;
-    let plain =
-        image.packages.is_empty() && vm.memory == 1024 && vm.cpus == 1 && vm.accel == "auto";
+    let plain = image.packages.is_empty()
+        && vm.memory_mib() == 1024
+        && vm.cpus() == 1
+        && vm.accel == "auto";
     if plain {
         // A default base made by another guestbox build has another agent: make a new one.
         if let Ok(base) = store.resolve(DEFAULT_BASE) {
@@ -184,12 +186,49 @@ async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Re
     let opts = BootstrapOptions {
         profile: Profile::Debian(GuestRecipe::new(image.packages.clone())),
         name: plain.then(|| DEFAULT_BASE.to_string()),
-        memory_mib: vm.memory,
-        cpus: vm.cpus,
+        memory_mib: vm.memory_mib(),
+        cpus: vm.cpus(),
         accel: vm.accel.parse()?,
         timeout: Duration::from_secs(600),
     };
     bootstrap(&Dirs::from_env()?, &opts, progress).await
+}
+
+/// A frozen base cannot change its memory, CPUs, accelerator or packages at revive: asking
+/// for other ones along with `--base` is an error, not something to ignore.
+fn fits_base(base: &Base, name: &str, image: &ImageArgs, vm: &VmArgs) -> Result<()> {
+    let pair = &base.manifest.pair;
+    let mut wrong = Vec::new();
+    if let Some(m) = vm.memory.filter(|m| *m != pair.guest_memory_mib) {
+        wrong.push(format!(
+            "--memory {m} MiB (it has {} MiB)",
+            pair.guest_memory_mib
+        ));
+    }
+    if let Some(c) = vm.cpus.filter(|c| *c != pair.guest_cpus) {
+        wrong.push(format!("--cpus {c} (it has {})", pair.guest_cpus));
+    }
+    if vm.accel != "auto" && vm.accel != pair.accel.qemu_name() {
+        wrong.push(format!(
+            "--accel {} (it was made under {})",
+            vm.accel,
+            pair.accel.qemu_name()
+        ));
+    }
+    if !image.packages.is_empty() {
+        wrong.push(format!(
+            "--packages {} (a base's packages are fixed when it is bootstrapped)",
+            image.packages.join(",")
+        ));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "base {name} was frozen with its own settings, which a revive cannot change: {}; \
+         bootstrap a base with them (`guestbox bootstrap --name NAME ...`) or drop them",
+        wrong.join(", ")
+    )))
 }
 
 /// The base and the run options a `run` or `shell` asks for.
@@ -210,7 +249,11 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
         ));
     }
     let base = match &job.base {
-        Some(b) => store()?.resolve(b)?,
+        Some(b) => {
+            let base = store()?.resolve(b)?;
+            fits_base(&base, b, &job.image, &job.vm)?;
+            base
+        }
         None => default_base(&job.image, &job.vm, progress).await?,
     };
     let opts = RunOptions {

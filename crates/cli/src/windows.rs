@@ -45,15 +45,45 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
             args.profile
         )));
     };
-    let password = match &w.admin_password {
-        Some(p) => p.clone(),
-        None => generated_password()?,
-    };
+    if profile == Profile::WindowsXp {
+        // XP's Setup takes numbers, not names: refuse what we cannot map, before writing.
+        if media::windows::xp_time_zone(&w.timezone).is_none() {
+            return Err(Error::Usage(format!(
+                "--timezone {:?}: --profile windows-xp knows only {}",
+                w.timezone,
+                media::windows::xp_time_zone_names()
+            )));
+        }
+        if media::windows::xp_language(&w.locale).is_none() {
+            return Err(Error::Usage(format!(
+                "--locale {:?}: --profile windows-xp knows only {}",
+                w.locale,
+                media::windows::xp_language_names()
+            )));
+        }
+    }
+    // An empty GUESTBOX_WINDOWS_PASSWORD is a mistake, not a wish for no password.
+    if w.admin_password.as_deref() == Some("") {
+        return Err(Error::Usage(
+            "--admin-password (or GUESTBOX_WINDOWS_PASSWORD) is empty: give a password, or \
+             leave both unset to reuse DIR/admin-password or have one generated"
+                .into(),
+        ));
+    }
     let keys = dir.join("controller-key");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Usage(format!("--emit {}: {e}", dir.display())))?;
+    // Given, else the one an earlier emit into DIR kept (same inputs, same floppy), else
+    // new. emit() keeps it in DIR/admin-password.
+    let password = match &w.admin_password {
+        Some(p) => Secret::new(p.clone()),
+        None => match guestbox::windows::stored_password(&dir)? {
+            Some(p) => p,
+            None => Secret::new(generated_password()?),
+        },
+    };
     let public_key = controller_key(&keys).await?;
-    let mut settings = WindowsSettings::new(profile, Secret::new(password), public_key);
+    let mut settings = WindowsSettings::new(profile, password, public_key);
     settings.firmware = if w.uefi || w.tpm {
         Firmware::Uefi
     } else {
@@ -95,11 +125,11 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         _ => Accel::Tcg,
     };
     let mut hw = guestbox::windows::Hardware::new(&settings, accel);
-    if args.vm.memory != 1024 {
-        hw.memory_mib = args.vm.memory;
+    if let Some(m) = args.vm.memory {
+        hw.memory_mib = m;
     }
-    if args.vm.cpus != 1 {
-        hw.cpus = args.vm.cpus;
+    if let Some(c) = args.vm.cpus {
+        hw.cpus = c;
     }
     let step = progress.step(format!(
         "writing the {} install media and stage scripts",
@@ -114,6 +144,17 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
     println!(
         "  controller key  {} (keep it: it logs in to the installed guest)",
         keys.display()
+    );
+    println!(
+        "  admin password  {} (owner-only; reused by the next --emit here)",
+        dir.join(guestbox::windows::ADMIN_PASSWORD_FILE).display()
+    );
+    println!(
+        "  accel           {}",
+        match accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg (give --accel kvm for KVM; Windows under TCG takes hours)",
+        }
     );
     if w.run_install {
         hostcheck::require(hostcheck::VM)?;

@@ -226,6 +226,39 @@ fn default_base_id() -> String {
 }
 
 #[test]
+fn settings_a_frozen_base_cannot_take_are_refused_not_ignored() {
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let id = default_base_id();
+    for (args, says) in [
+        (
+            &["--memory", "2G"][..],
+            "--memory 2048 MiB (it has 1024 MiB)",
+        ),
+        (&["--cpus", "2"][..], "--cpus 2 (it has 1)"),
+        (&["--packages", "make"][..], "--packages make"),
+    ] {
+        let o = guestbox()
+            .args(["run", "--base", &id])
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // What the base already has is fine to say.
+    let o = guestbox()
+        .args([
+            "run", "--base", &id, "--memory", "1G", "--cpus", "1", "--", "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+}
+
+#[test]
 fn ls_and_inspect_show_the_base() {
     // Make sure the default base exists (cheap when it does).
     let o = guestbox().args(["run", "--", "true"]).output().unwrap();
@@ -923,4 +956,247 @@ fn the_install_stage_runs_from_guestbox_and_reads_its_end_from_com1() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(125), "{err}");
     assert!(err.contains("without GUESTBOX-BOOTSTRAP-OK"), "{err}");
+}
+
+/// A hand-made Cygwin mirror for `arch` ("x86" or "x86_64"), with the setup program named
+/// as guestbox looks for it next to the mirror.
+fn fake_cygwin_mirror_for(root: &Path, arch: &str) -> PathBuf {
+    let dir = root.join("https%3a%2f%2fmirror.example%2fcygwin%2f");
+    let mut ini = format!("release: cygwin\narch: {arch}\nsetup-timestamp: 1717243200\n\n");
+    for (name, category) in [
+        ("base-cygwin", "Base"),
+        ("openssh", "Net"),
+        ("cygrunsrv", "Admin"),
+    ] {
+        let rel = format!("{arch}/release/{name}/{name}-1.0-1.tar.xz");
+        let path = dir.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("fake {name} {arch}").repeat(20)).unwrap();
+        let sum = Command::new("sha512sum").arg(&path).output().unwrap();
+        let sum = String::from_utf8(sum.stdout).unwrap()[..128].to_string();
+        let size = std::fs::metadata(&path).unwrap().len();
+        ini.push_str(&format!(
+            "@ {name}\nsdesc: \"{name}\"\ncategory: {category}\nversion: 1.0-1\ninstall: {rel} {size} {sum}\n\n"
+        ));
+    }
+    std::fs::write(dir.join(arch).join("setup.ini"), ini).unwrap();
+    std::fs::write(root.join(format!("setup-{arch}.exe")), b"MZ fake setup").unwrap();
+    dir
+}
+
+/// `guestbox bootstrap --profile PROFILE --emit OUT` with a stand-in ISO and mirror in
+/// `root`; `password` None leaves GUESTBOX_WINDOWS_PASSWORD unset.
+fn windows_emit(
+    root: &Path,
+    profile: &str,
+    out: &Path,
+    password: Option<&str>,
+    extra: &[&str],
+) -> Output {
+    let arch = if profile == "windows-xp" {
+        "x86"
+    } else {
+        "x86_64"
+    };
+    let mirror = fake_cygwin_mirror_for(root, arch);
+    let iso = root.join("win.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    let mut c = guestbox();
+    c.args(["bootstrap", "--profile", profile])
+        .arg("--iso")
+        .arg(&iso)
+        .arg("--cygwin-mirror")
+        .arg(&mirror)
+        .arg("--emit")
+        .arg(out)
+        .args(extra)
+        .env_remove("GUESTBOX_WINDOWS_PASSWORD");
+    if profile == "windows-xp" {
+        c.args(["--product-key", "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"]);
+    }
+    if let Some(p) = password {
+        c.env("GUESTBOX_WINDOWS_PASSWORD", p);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn windows_xp_bootstrap_emits_its_files_and_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("xp");
+    let o = windows_emit(
+        tmp.path(),
+        "windows-xp",
+        &out,
+        Some("Xp-Secret-77"),
+        &[
+            "--timezone",
+            "W. Europe Standard Time",
+            "--locale",
+            "de-DE",
+            "--memory",
+            "1G",
+        ],
+    );
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    for f in [
+        "floppy.img",
+        "cygwin.iso",
+        "winnt.sif",
+        "bootstrap.cmd",
+        "bootstrap.sh",
+        "authorized_keys",
+        "1-install.sh",
+        "2-first-boot.sh",
+        "controller-key",
+        "controller-key.pub",
+        "admin-password",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing; wrote: {stdout}");
+    }
+    assert!(!out.join("Autounattend.xml").exists());
+    assert!(!out.join("OVMF_VARS.fd").exists());
+    let sif = std::fs::read_to_string(out.join("winnt.sif")).unwrap();
+    for line in [
+        "TimeZone=110\r\n",
+        "Language=00000407\r\n",
+        "AdminPassword=\"Xp-Secret-77\"\r\n",
+        "UnattendMode=FullUnattended\r\n",
+    ] {
+        assert!(sif.contains(line), "{line:?} not in:\n{sif}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("admin-password")).unwrap(),
+        "Xp-Secret-77"
+    );
+    let install = std::fs::read_to_string(out.join("1-install.sh")).unwrap();
+    // --memory 1G is taken as given, not as "not given" (XP's default is 512M).
+    assert!(install.contains("\n  -m \\\n  1024M \\\n"), "{install}");
+    assert!(install.contains("rtl8139"), "{install}");
+    // auto means tcg in emitted scripts, and the output says how to get KVM.
+    assert!(install.contains("\n  -accel \\\n  tcg \\\n"), "{install}");
+    assert!(stdout.contains("--accel kvm"), "{stdout}");
+    assert!(!stdout.contains("Xp-Secret-77") && !stderr.contains("Xp-Secret-77"));
+    assert!(pids_matching(&out.to_string_lossy()).is_empty());
+
+    // --accel kvm gives KVM command lines (emit starts nothing, so needs no /dev/kvm).
+    let kvm = tmp.path().join("xp-kvm");
+    let o = windows_emit(tmp.path(), "windows-xp", &kvm, None, &["--accel", "kvm"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let install = std::fs::read_to_string(kvm.join("1-install.sh")).unwrap();
+    assert!(install.contains("\n  -accel \\\n  kvm \\\n"), "{install}");
+    assert!(install.contains("\n  -m \\\n  512M \\\n"), "{install}");
+
+    // XP knows numbers, not names: what cannot be mapped is refused, with the list.
+    for (flag, value, listed) in [
+        ("--timezone", "Europe/Berlin", "W. Europe Standard Time"),
+        ("--locale", "pt-BR", "ja-JP"),
+    ] {
+        let bad = tmp.path().join("bad");
+        let o = windows_emit(tmp.path(), "windows-xp", &bad, None, &[flag, value]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(flag) && err.contains(value) && err.contains(listed),
+            "{err}"
+        );
+        assert!(!bad.exists(), "a refused emit wrote {}", bad.display());
+    }
+}
+
+#[test]
+fn windows_generated_password_is_kept_owner_only_reused_and_never_printed() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("win");
+    let o = windows_emit(tmp.path(), "windows", &out, None, &[]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let file = out.join("admin-password");
+    let password = std::fs::read_to_string(&file).unwrap();
+    assert!(password.len() >= 12, "{password:?}");
+    // Windows' default complexity rules: three of upper, lower, digit, symbol.
+    assert!(password.chars().any(|c| c.is_ascii_uppercase()));
+    assert!(password.chars().any(|c| c.is_ascii_lowercase()));
+    assert!(password.chars().any(|c| c.is_ascii_digit()));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !stdout.contains(&password) && !stderr.contains(&password),
+        "the generated password was printed"
+    );
+    assert!(stdout.contains("admin-password"), "{stdout}");
+    let answer = std::fs::read_to_string(out.join("Autounattend.xml")).unwrap();
+    assert!(answer.contains(&format!("<Value>{password}</Value>")));
+    let floppy = std::fs::read(out.join("floppy.img")).unwrap();
+    let iso = std::fs::read(out.join("cygwin.iso")).unwrap();
+
+    // Again into the same directory, no password given: the kept one, the same bytes.
+    let o = windows_emit(tmp.path(), "windows", &out, None, &[]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(!stdout.contains(&password) && !stderr.contains(&password));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), password);
+    assert!(std::fs::read(out.join("floppy.img")).unwrap() == floppy);
+    assert!(std::fs::read(out.join("cygwin.iso")).unwrap() == iso);
+
+    // Another directory gets another password.
+    let other = tmp.path().join("other");
+    let o = windows_emit(tmp.path(), "windows", &other, None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_ne!(
+        std::fs::read_to_string(other.join("admin-password")).unwrap(),
+        password
+    );
+
+    // GUESTBOX_WINDOWS_PASSWORD set but empty: a usage error, nothing rewritten.
+    let o = windows_emit(tmp.path(), "windows", &out, Some(""), &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("GUESTBOX_WINDOWS_PASSWORD") && err.contains("empty"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), password);
+    assert!(std::fs::read(out.join("floppy.img")).unwrap() == floppy);
+}
+
+#[test]
+fn windows_emit_gives_identical_floppy_and_iso_for_the_same_inputs() {
+    for profile in ["windows", "windows-xp"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        let o = windows_emit(tmp.path(), profile, &a, Some("Same-Pa55"), &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        // The same inputs include the controller's key, which is made per directory.
+        std::fs::create_dir_all(&b).unwrap();
+        for k in ["controller-key", "controller-key.pub"] {
+            std::fs::copy(a.join(k), b.join(k)).unwrap();
+        }
+        // Cross a FAT/ISO timestamp tick: a leaked clock would show.
+        std::thread::sleep(Duration::from_millis(2100));
+        let o = windows_emit(tmp.path(), profile, &b, Some("Same-Pa55"), &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        for f in ["floppy.img", "cygwin.iso"] {
+            let (x, y) = (
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap(),
+            );
+            assert!(x == y, "{profile}: {f} differs between two emits");
+        }
+        // And a different password gives a different floppy (the check can fail).
+        let c = tmp.path().join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        for k in ["controller-key", "controller-key.pub"] {
+            std::fs::copy(a.join(k), c.join(k)).unwrap();
+        }
+        let o = windows_emit(tmp.path(), profile, &c, Some("Other-Pa55"), &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        assert!(
+            std::fs::read(a.join("floppy.img")).unwrap()
+                != std::fs::read(c.join("floppy.img")).unwrap()
+        );
+    }
 }

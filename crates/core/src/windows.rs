@@ -113,6 +113,9 @@ pub const SWTPM: Program = Program {
 
 /// File names in a Windows base (and in an `--emit` directory).
 pub const DISK_FILE: &str = "disk.qcow2";
+/// The administrator password, owner-only: the answer file and the floppy hold it too,
+/// and a later emit into the same directory reuses it (see [`stored_password`]).
+pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
 pub const OVMF_VARS_FILE: &str = "OVMF_VARS.fd";
 pub const TPM_DIR: &str = "tpm";
 /// Sockets and logs, relative to the emit directory.
@@ -253,14 +256,10 @@ pub fn cpu_model(settings: &WindowsSettings, accel: Accel) -> String {
 /// Windows keeps the RTC in the local time of its zone: UTC when that zone is UTC,
 /// otherwise the host's local time (see the module documentation).
 pub fn rtc(settings: &WindowsSettings) -> Rtc {
-    let utc = match settings.profile {
-        WinProfile::Windows => {
-            let tz = settings.timezone.trim();
-            tz.eq_ignore_ascii_case("UTC") || tz.eq_ignore_ascii_case("Greenwich Standard Time")
-        }
-        // 90: "(GMT) Casablanca, Monrovia", UTC without daylight saving.
-        WinProfile::WindowsXp => settings.xp_timezone == 90,
-    };
+    // "Greenwich Standard Time" is GMT without daylight saving (XP's index 90, which
+    // XP is also given for "UTC").
+    let tz = settings.timezone.trim();
+    let utc = tz.eq_ignore_ascii_case("UTC") || tz.eq_ignore_ascii_case("Greenwich Standard Time");
     Rtc {
         base: if utc { "utc" } else { "localtime" }.into(),
         vm_clock: true,
@@ -990,9 +989,10 @@ pub fn check_inputs(iso: &Path, mirror: &CygwinMirror) -> Result<()> {
     if !mirror.dir.is_dir() {
         return Err(Error::Usage(format!(
             "--cygwin-mirror {}: no such directory; make a local Cygwin mirror with \
-             `setup-x86_64.exe --download --local-package-dir DIR --packages openssh,cygrunsrv` \
+             `{} --download --local-package-dir DIR --packages openssh,cygrunsrv` \
              and give the directory named after the mirror URL",
-            mirror.dir.display()
+            mirror.dir.display(),
+            mirror.arch.setup_exe()
         )));
     }
     let ini = mirror.setup_ini_path();
@@ -1027,9 +1027,53 @@ fn require_file(path: &str, program: Program) -> Result<()> {
     }
 }
 
+/// The administrator password an earlier emit left in `dir`
+/// ([`ADMIN_PASSWORD_FILE`]), if any: emitting again with it gives the same floppy.
+pub fn stored_password(dir: &Path) -> Result<Option<Secret>> {
+    let path = dir.join(ADMIN_PASSWORD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Io {
+                context: format!("reading {}", path.display()),
+                source: e,
+            })
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(p) if !p.is_empty() => Ok(Some(Secret::new(p))),
+        _ => Err(Error::Usage(format!(
+            "{} is empty or not UTF-8: remove it to have a new password generated, or give \
+             --admin-password",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes the password owner-only, exactly its bytes (no newline: what is read back is
+/// the password).
+fn store_password(dir: &Path, password: &Secret) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(ADMIN_PASSWORD_FILE);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .ctx(|| format!("writing {}", path.display()))?;
+    // The mode above only applies to a new file.
+    set_mode(&path, 0o600)?;
+    f.write_all(password.expose().as_bytes())
+        .ctx(|| format!("writing {}", path.display()))
+}
+
 /// `guestbox bootstrap --emit DIR`: writes the floppy image, the Cygwin ISO, the answer
-/// file, every script, the UEFI variable store (if UEFI) and one runnable script per stage
-/// into `dir`, and starts nothing.
+/// file, every script, the administrator password ([`ADMIN_PASSWORD_FILE`], owner-only),
+/// the UEFI variable store (if UEFI) and one runnable script per stage into `dir`, and
+/// starts nothing.
 ///
 /// The stage scripts use paths relative to `dir` (so the directory can be moved and socket
 /// paths stay short), except the Windows ISO and the firmware, which they name absolutely.
@@ -1058,6 +1102,9 @@ pub fn emit(
     }
     let install_media =
         media::windows::build_install_media(settings, mirror).map_err(media_error)?;
+    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    // Before the media: the stored password is never older than the floppy's.
+    store_password(dir, &settings.password)?;
     let written = install_media.write_to_dir(dir).map_err(media_error)?;
 
     let paths = WindowsPaths::new(Path::new(""), Path::new(RUN_DIR), &iso)?;

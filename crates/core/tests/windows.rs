@@ -562,7 +562,12 @@ fn nic_and_clock_follow_the_windows_generation_and_zone() {
     assert_eq!(rtc.base, "localtime");
     assert!(rtc.vm_clock);
     let mut xp = settings(Profile::WindowsXp);
-    xp.xp_timezone = 110; // W. Europe
+    assert_eq!(windows::rtc(&xp).base, "utc");
+    xp.timezone = "Greenwich Standard Time".into(); // XP's 90, like UTC
+    assert_eq!(windows::rtc(&xp).base, "utc");
+    xp.timezone = "W. Europe Standard Time".into();
+    assert_eq!(windows::rtc(&xp).base, "localtime");
+    xp.timezone = "GMT Standard Time".into(); // London: daylight saving
     assert_eq!(windows::rtc(&xp).base, "localtime");
 }
 
@@ -736,6 +741,55 @@ fn emit_for(settings: &WindowsSettings, root: &Path) -> (windows::EmitReport, Pa
         );
     }
     (report, std::fs::canonicalize(&iso).unwrap())
+}
+
+#[test]
+fn emit_keeps_the_password_owner_only_and_it_reads_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let s = settings(Profile::WindowsXp);
+    let mirror = fake_mirror(r, CygwinArch::X86);
+    let iso = fake_iso(r);
+    let hw = Hardware::new(&s, Accel::Tcg);
+    let out = r.join("emit");
+    assert_eq!(windows::stored_password(&out).unwrap(), None);
+    emit(&out, &s, &iso, &mirror, &hw).unwrap();
+    let file = out.join(windows::ADMIN_PASSWORD_FILE);
+    assert_eq!(std::fs::read(&file).unwrap(), b"pw-0xC0FFEE");
+    for f in [&file, &out.join("floppy.img"), &out.join("winnt.sif")] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    assert_eq!(
+        windows::stored_password(&out).unwrap(),
+        Some(Secret::new("pw-0xC0FFEE"))
+    );
+    let floppy = std::fs::read(out.join("floppy.img")).unwrap();
+
+    // Emitting again with the stored password gives the same floppy; a file someone
+    // opened up is made owner-only again.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut again = s.clone();
+    again.password = windows::stored_password(&out).unwrap().unwrap();
+    emit(&out, &again, &iso, &mirror, &hw).unwrap();
+    assert!(std::fs::read(out.join("floppy.img")).unwrap() == floppy);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A new password replaces the stored one.
+    let mut other = s.clone();
+    other.password = Secret::new("another-pw");
+    emit(&out, &other, &iso, &mirror, &hw).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"another-pw");
+    assert!(std::fs::read(out.join("floppy.img")).unwrap() != floppy);
+
+    // An emptied file is a clear error, not an empty password.
+    std::fs::write(&file, b"").unwrap();
+    match windows::stored_password(&out) {
+        Err(Error::Usage(m)) => assert!(m.contains("admin-password"), "{m}"),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
 }
 
 #[test]

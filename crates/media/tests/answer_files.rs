@@ -277,8 +277,43 @@ fn winnt_sif_keeps_the_original_keys() {
     assert_eq!(get("Data", "MsDosInitiated"), "0");
     assert_eq!(get("Data", "AutoPartition"), "1");
     assert_eq!(get("Unattended", "UnattendMode"), "FullUnattended");
+    assert_eq!(get("Unattended", "UnattendSwitch"), "Yes");
+    assert_eq!(get("Unattended", "OemSkipEula"), "Yes");
+    assert_eq!(get("Unattended", "Repartition"), "Yes");
+    assert_eq!(get("Unattended", "WaitForReboot"), "No");
+    assert_eq!(get("Unattended", "DUDisable"), "Yes");
+    assert_eq!(get("Unattended", "Hibernation"), "No");
+    assert_eq!(get("Unattended", "DriverSigningPolicy"), "Ignore");
     assert_eq!(get("Unattended", "OemPreinstall"), "No");
     assert_eq!(get("Unattended", "TargetPath"), "\\WINDOWS");
+    assert_eq!(get("GuiUnattended", "OemSkipWelcome"), "1");
+    assert_eq!(get("GuiUnattended", "ServerWelcome"), "No");
+    assert_eq!(get("RegionalSettings", "LanguageGroup"), "1");
+    assert_eq!(get("RegionalSettings", "Language"), "00000409");
+    // Every optional component the original turned off is off, and only those.
+    let components = &sif["Components"];
+    assert_eq!(components.len(), winnt_sif::COMPONENTS_OFF.len());
+    assert_eq!(components.len(), 85);
+    for c in [
+        "Solitaire",
+        "Rootautoupdate",
+        "Iis_www",
+        "TerminalServer",
+        "Zonegames",
+    ] {
+        assert_eq!(get("Components", c), "Off");
+    }
+    assert!(components.values().all(|v| v == "Off"), "{components:?}");
+    // The firewall stays on (unlike the original's TurnOffFirewall): bootstrap.cmd opens
+    // SSH and SMB to the controller only.
+    assert_eq!(
+        get("WindowsFirewall", "Profiles"),
+        "WindowsFirewall.Guestbox"
+    );
+    assert_eq!(get("WindowsFirewall.Guestbox", "Mode"), "1");
+    assert!(!sif.contains_key("WindowsFirewall.TurnOffFirewall"));
+    // Cygwin is installed at first logon by bootstrap.cmd, not by UserExecute.
+    assert!(!sif.contains_key("SetupParams"));
     assert_eq!(get("GuiUnattended", "AdminPassword"), "\"xp pass;w%rd\"");
     assert_eq!(get("GuiUnattended", "AutoLogon"), "Yes");
     assert_eq!(get("GuiUnattended", "AutoLogonCount"), "1");
@@ -349,4 +384,67 @@ fn answer_file_names_follow_the_profile() {
     assert_eq!(Profile::from_name("debian"), None);
     assert_eq!(xp().ssh_user(), "Administrator");
     assert_eq!(modern().ssh_user(), "guestbox");
+}
+
+#[test]
+fn winnt_sif_maps_time_zones_and_locales() {
+    let sif = |tz: &str, locale: &str| {
+        let mut s = xp();
+        s.timezone = tz.to_owned();
+        s.locale = locale.to_owned();
+        parse_sif(&winnt_sif::winnt_sif(&s).unwrap())
+    };
+    // Microsoft's time zone index values, by id (case does not matter).
+    for (tz, index) in [
+        ("UTC", "90"),
+        ("Greenwich Standard Time", "90"),
+        ("GMT Standard Time", "85"),
+        ("W. Europe Standard Time", "110"),
+        ("Eastern Standard Time", "35"),
+        ("Central Standard Time", "20"),
+        ("Mountain Standard Time", "10"),
+        ("Pacific Standard Time", "4"),
+        ("China Standard Time", "210"),
+        ("tokyo standard time", "235"),
+    ] {
+        assert_eq!(sif(tz, "en-US")["GuiUnattended"]["TimeZone"], index, "{tz}");
+    }
+    for (locale, lcid, group) in [
+        ("en-US", "00000409", "1"),
+        ("en-GB", "00000809", "1"),
+        ("de-DE", "00000407", "1"),
+        ("fr-FR", "0000040c", "1"),
+        ("es-ES", "00000c0a", "1"),
+        ("it-IT", "00000410", "1"),
+        ("nl-nl", "00000413", "1"),
+        ("ja-JP", "00000411", "7"),
+    ] {
+        let r = &sif("UTC", locale)["RegionalSettings"];
+        assert_eq!(r["Language"], lcid, "{locale}");
+        assert_eq!(r["LanguageGroup"], group, "{locale}");
+    }
+
+    // Anything else is refused, naming what is supported.
+    let mut s = xp();
+    s.timezone = "Europe/Berlin".to_owned();
+    let e = winnt_sif::winnt_sif(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("timezone")
+            && e.contains("Europe/Berlin")
+            && e.contains("W. Europe Standard Time")
+            && e.contains("Pacific Standard Time"),
+        "{e}"
+    );
+    let mut s = xp();
+    s.locale = "pt-BR".to_owned();
+    let e = windows::answer_file(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("locale") && e.contains("pt-BR") && e.contains("ja-JP"),
+        "{e}"
+    );
+    // The modern profile takes Windows' own ids as they are.
+    let mut m = modern();
+    m.timezone = "Pacific SA Standard Time".to_owned();
+    m.locale = "pt-BR".to_owned();
+    assert!(unattend::autounattend_xml(&m).is_ok());
 }

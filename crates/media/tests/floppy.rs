@@ -128,3 +128,55 @@ fn a_missing_tool_fails_the_test_and_names_the_package() {
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("apt-get install some-package"), "{msg}");
 }
+
+#[test]
+fn xp_floppy_is_readable_by_mtools_and_clean_for_fsck() {
+    let mdir = tool("mdir", "mtools");
+    let mtype = tool("mtype", "mtools");
+    let fsck = tool("fsck.fat", "dosfstools");
+    let mut s = WindowsSettings::new(Profile::WindowsXp, Secret::new("xp-pass"), TEST_KEY);
+    s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".to_owned());
+    let answer = windows::answer_file(&s).unwrap();
+    let scripts = scripts::bootstrap_files(&s).unwrap();
+    let img = windows::floppy_image(&answer, &scripts).unwrap();
+    assert_eq!(img.len(), FLOPPY_SIZE);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floppy.img");
+    std::fs::write(&path, &img).unwrap();
+
+    let listing = run_ok(Command::new(&mdir).arg("-i").arg(&path).arg("::"));
+    for name in [
+        "winnt.sif",
+        "bootstrap.cmd",
+        "bootstrap.sh",
+        "authorized_keys",
+    ] {
+        assert!(listing.contains(name), "{name} not in:\n{listing}");
+    }
+    assert!(!listing.contains("Autounattend"), "{listing}");
+    // Setup reads A:\winnt.sif by its 8.3 name: it must be one.
+    assert!(
+        listing.contains("WINNT    SIF") || listing.contains("winnt    sif"),
+        "{listing}"
+    );
+    let out = run(Command::new(&mtype)
+        .arg("-i")
+        .arg(&path)
+        .arg("::/winnt.sif"));
+    assert!(out.status.success());
+    assert_eq!(out.stdout, answer.data);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UnattendMode=FullUnattended\r\n"));
+    for f in &scripts {
+        let out = run(Command::new(&mtype)
+            .arg("-i")
+            .arg(&path)
+            .arg(format!("::/{}", f.name)));
+        assert!(out.status.success());
+        assert_eq!(out.stdout, f.data, "{} differs", f.name);
+    }
+    run_ok(Command::new(&fsck).arg("-n").arg(&path));
+
+    // Same inputs, same bytes.
+    let again = windows::floppy_image(&windows::answer_file(&s).unwrap(), &scripts).unwrap();
+    assert!(img == again, "two XP floppies from the same inputs differ");
+}

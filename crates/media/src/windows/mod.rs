@@ -1,4 +1,4 @@
-//! Install media for the `windows` (Vista and later, `Autounattend.xml`) and
+//! Install media for the `windows` (Vista and later; the CLI: 10/11, Server 2016+) and
 //! `windows-xp` (XP/2003, `winnt.sif`) guest profiles.
 //!
 //! [`WindowsSettings`] holds every choice; [`build_install_media`] turns it
@@ -73,7 +73,10 @@ pub(crate) fn quoted<T>(field: &'static str, r: Result<T, QuoteError>) -> Result
 /// Which answer file and conventions the guest uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// Windows Vista and later, client and server: `Autounattend.xml`.
+    /// Windows Vista and later, client and server: `Autounattend.xml`. The writer
+    /// knows Vista-era vocabulary ([`WindowsGeneration::Legacy`]), but only
+    /// 64-bit Windows 10/11 and Server 2016 and later are selectable from the
+    /// command line.
     Windows,
     /// Windows XP and Server 2003: `winnt.sif`, as the 2014 original.
     WindowsXp,
@@ -323,6 +326,73 @@ impl CygwinSettings {
     }
 }
 
+/// The Windows time zone ids `windows-xp` can be given, with the index
+/// winnt.sif's `TimeZone` takes (Microsoft's "Time Zone Index Values").
+/// XP's Setup knows no ids, only these numbers; the list is short on purpose:
+/// only indexes we are sure of. "UTC" is Greenwich Standard Time (90): GMT
+/// without daylight saving, the nearest XP has.
+pub const XP_TIME_ZONES: &[(&str, u16)] = &[
+    ("UTC", 90),
+    ("Greenwich Standard Time", 90),
+    ("GMT Standard Time", 85),
+    ("W. Europe Standard Time", 110),
+    ("Eastern Standard Time", 35),
+    ("Central Standard Time", 20),
+    ("Mountain Standard Time", 10),
+    ("Pacific Standard Time", 4),
+    ("China Standard Time", 210),
+    ("Tokyo Standard Time", 235),
+];
+
+/// The locales `windows-xp` can be given: language tag, LCID for
+/// winnt.sif's `Language`, and the language group Setup must install for it
+/// (1: Western Europe and US, 7: Japanese).
+pub const XP_LANGUAGES: &[(&str, u16, u8)] = &[
+    ("en-US", 0x0409, 1),
+    ("en-GB", 0x0809, 1),
+    ("de-DE", 0x0407, 1),
+    ("fr-FR", 0x040c, 1),
+    ("es-ES", 0x0c0a, 1),
+    ("it-IT", 0x0410, 1),
+    ("nl-NL", 0x0413, 1),
+    ("ja-JP", 0x0411, 7),
+];
+
+/// XP's `TimeZone` index for a Windows time zone id (case-insensitive).
+pub fn xp_time_zone(id: &str) -> Option<u16> {
+    let id = id.trim();
+    XP_TIME_ZONES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(id))
+        .map(|&(_, index)| index)
+}
+
+/// XP's LCID and language group for a language tag (case-insensitive).
+pub fn xp_language(tag: &str) -> Option<(u16, u8)> {
+    let tag = tag.trim();
+    XP_LANGUAGES
+        .iter()
+        .find(|(name, _, _)| name.eq_ignore_ascii_case(tag))
+        .map(|&(_, lcid, group)| (lcid, group))
+}
+
+/// "a, b, c": the names a setting accepts, for error messages.
+pub fn xp_time_zone_names() -> String {
+    XP_TIME_ZONES
+        .iter()
+        .map(|(n, _)| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn xp_language_names() -> String {
+    XP_LANGUAGES
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Everything that decides the install media.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowsSettings {
@@ -349,12 +419,9 @@ pub struct WindowsSettings {
     pub locale: String,
     /// Input locale, e.g. "0409:00000409" (US keyboard).
     pub keyboard: String,
-    /// Windows time zone id, e.g. "UTC" or "W. Europe Standard Time".
+    /// Windows time zone id, e.g. "UTC" or "W. Europe Standard Time". For
+    /// `windows-xp` one of [`XP_TIME_ZONES`], written as its index.
     pub timezone: String,
-    /// XP's numeric time zone index; 90 is GMT without daylight saving.
-    pub xp_timezone: u16,
-    /// XP's language id (LCID), 0x0409 for en-US.
-    pub xp_language: u16,
     pub network: GuestNetwork,
     pub cygwin: CygwinSettings,
     /// The controller's SSH public key, one `authorized_keys` line.
@@ -384,8 +451,6 @@ impl WindowsSettings {
             locale: "en-US".to_owned(),
             keyboard: "0409:00000409".to_owned(),
             timezone: "UTC".to_owned(),
-            xp_timezone: 90,
-            xp_language: 0x0409,
             network: GuestNetwork::default(),
             cygwin: CygwinSettings {
                 arch: cygwin_arch,
@@ -524,6 +589,26 @@ impl WindowsSettings {
                     return Err(setting(
                         "product_key",
                         "Windows XP and 2003 Setup stops without one",
+                    ));
+                }
+                if xp_time_zone(&self.timezone).is_none() {
+                    return Err(setting(
+                        "timezone",
+                        format!(
+                            "{:?} has no Windows XP time zone index here; use one of {}",
+                            self.timezone,
+                            xp_time_zone_names()
+                        ),
+                    ));
+                }
+                if xp_language(&self.locale).is_none() {
+                    return Err(setting(
+                        "locale",
+                        format!(
+                            "{:?} has no Windows XP language id here; use one of {}",
+                            self.locale,
+                            xp_language_names()
+                        ),
                     ));
                 }
                 if self.password.expose().chars().count() > 127 {

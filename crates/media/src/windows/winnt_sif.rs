@@ -1,10 +1,114 @@
 //! `winnt.sif` for Windows XP and Server 2003, keeping the 2014 original's
-//! keys: text-mode setup from CD with the answer file on the floppy, a
-//! static address on the first adapter, one auto-logon as Administrator
-//! that runs the bootstrap from A:.
+//! keys (nixpkgs' `unattended-image.nix`): text-mode setup from CD with the
+//! answer file on the floppy, a static address on the first adapter, every
+//! optional component off, one auto-logon as Administrator that runs the
+//! bootstrap from A:.
+//!
+//! Where we differ from the original, and why:
+//! - `[WindowsFirewall]`: the original turned the firewall off. We keep it on
+//!   (`Mode = 1`, exceptions allowed) and `bootstrap.cmd` opens SSH and SMB to
+//!   the controller's address only, as the `windows` profile does.
+//! - `[SetupParams] UserExecute`: the original installed Cygwin there, as
+//!   SYSTEM at the end of GUI setup. We install it from `[GuiRunOnce]`
+//!   instead, in `bootstrap.cmd`: the key must land in the Administrator's
+//!   home, and one script reports success or the failed step on COM1.
+//! - `[Networking] InstallDefaultComponents = No`: client, server and TCP/IP
+//!   are listed explicitly instead of taking whatever the defaults are.
+//! - `TimeZone` and `[RegionalSettings]` follow the settings (the original:
+//!   `TimeZone = 85`, London, and Setup's default language).
 
-use super::{quoted, scripts, Error, WindowsSettings};
+use super::{quoted, scripts, setting, xp_language, xp_time_zone, Error, WindowsSettings};
 use crate::quote;
+
+/// Optional components, all off: the original's list. A build guest needs
+/// none of them, and each one left out is install time and disk saved.
+pub const COMPONENTS_OFF: &[&str] = &[
+    "AccessOpt",
+    "Appsrv_console",
+    "Aspnet",
+    "BitsServerExtensionsISAPI",
+    "BitsServerExtensionsManager",
+    "Calc",
+    "Certsrv",
+    "Certsrv_client",
+    "Certsrv_server",
+    "Charmap",
+    "Chat",
+    "Clipbook",
+    "Cluster",
+    "Complusnetwork",
+    "Deskpaper",
+    "Dialer",
+    "Dtcnetwork",
+    "Fax",
+    "Fp_extensions",
+    "Fp_vdir_deploy",
+    "Freecell",
+    "Hearts",
+    "Hypertrm",
+    "IEAccess",
+    "IEHardenAdmin",
+    "IEHardenUser",
+    "Iis_asp",
+    "Iis_common",
+    "Iis_ftp",
+    "Iis_inetmgr",
+    "Iis_internetdataconnector",
+    "Iis_nntp",
+    "Iis_serversideincludes",
+    "Iis_smtp",
+    "Iis_webdav",
+    "Iis_www",
+    "Indexsrv_system",
+    "Inetprint",
+    "Licenseserver",
+    "Media_clips",
+    "Media_utopia",
+    "Minesweeper",
+    "Mousepoint",
+    "Msmq_ADIntegrated",
+    "Msmq_Core",
+    "Msmq_HTTPSupport",
+    "Msmq_LocalStorage",
+    "Msmq_MQDSService",
+    "Msmq_RoutingSupport",
+    "Msmq_TriggersService",
+    "Msnexplr",
+    "Mswordpad",
+    "Netcis",
+    "Netoc",
+    "OEAccess",
+    "Objectpkg",
+    "Paint",
+    "Pinball",
+    "Pop3Admin",
+    "Pop3Service",
+    "Pop3Srv",
+    "Rec",
+    "Reminst",
+    "Rootautoupdate",
+    "Rstorage",
+    "SCW",
+    "Sakit_web",
+    "Solitaire",
+    "Spider",
+    "TSWebClient",
+    "Templates",
+    "TerminalServer",
+    "UDDIAdmin",
+    "UDDIDatabase",
+    "UDDIWeb",
+    "Vol",
+    "WMAccess",
+    "WMPOCM",
+    "WbemMSI",
+    "Wms",
+    "Wms_admin_asp",
+    "Wms_admin_mmc",
+    "Wms_isapi",
+    "Wms_server",
+    "Zonegames",
+];
 
 struct Sif {
     out: String,
@@ -34,6 +138,11 @@ impl Sif {
 /// The whole `winnt.sif` (CRLF line ends, as Setup's INF parser expects).
 pub fn winnt_sif(s: &WindowsSettings) -> Result<String, Error> {
     s.validate()?;
+    // validate() has checked both for this profile.
+    let time_zone = xp_time_zone(&s.timezone)
+        .ok_or_else(|| setting("timezone", "no Windows XP time zone index"))?;
+    let (lcid, language_group) =
+        xp_language(&s.locale).ok_or_else(|| setting("locale", "no Windows XP language id"))?;
     let n = &s.network;
     let mut f = Sif {
         out: String::from("; guestbox: unattended Windows XP / Server 2003 setup (generated)\r\n"),
@@ -69,7 +178,7 @@ pub fn winnt_sif(s: &WindowsSettings) -> Result<String, Error> {
     f.raw("AutoLogonCount", 1);
     f.raw("OEMSkipRegional", 1);
     f.raw("OemSkipWelcome", 1);
-    f.raw("TimeZone", s.xp_timezone);
+    f.raw("TimeZone", time_zone);
     f.raw("ServerWelcome", "No");
 
     f.section("UserData");
@@ -81,8 +190,9 @@ pub fn winnt_sif(s: &WindowsSettings) -> Result<String, Error> {
     f.text("ComputerName", "computer_name", &s.computer_name)?;
 
     f.section("RegionalSettings");
-    f.raw("LanguageGroup", 1);
-    f.raw("Language", format!("{:08x}", s.xp_language));
+    f.raw("LanguageGroup", language_group);
+    // Sets the system, user and input locale together.
+    f.raw("Language", format!("{lcid:08x}"));
 
     f.section("Identification");
     f.raw("JoinWorkgroup", "WORKGROUP");
@@ -120,6 +230,17 @@ pub fn winnt_sif(s: &WindowsSettings) -> Result<String, Error> {
     // No DefaultGateway: the link is private.
     f.raw("WINS", "No");
     f.raw("NetBIOSOptions", 0);
+
+    f.section("Components");
+    for c in COMPONENTS_OFF {
+        f.raw(c, "Off");
+    }
+
+    // XP SP2 and later; older Setup ignores the section (see the module doc).
+    f.section("WindowsFirewall");
+    f.raw("Profiles", "WindowsFirewall.Guestbox");
+    f.section("WindowsFirewall.Guestbox");
+    f.raw("Mode", 1);
 
     f.section("GuiRunOnce");
     f.text(

@@ -248,6 +248,8 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
             "no command given: guestbox run [OPTIONS] -- COMMAND [ARGS...]".into(),
         ));
     }
+    // Before a first run bootstraps the default base for minutes, not after.
+    guestbox::run::check_volumes(&volumes)?;
     let base = match &job.base {
         Some(b) => {
             let base = store()?.resolve(b)?;

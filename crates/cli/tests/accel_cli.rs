@@ -1,41 +1,19 @@
 //! `--accel auto` as a user meets it: KVM is probed once per host, with a one-line notice
 //! when it falls back, and the verdict is reused.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
+use common::{guestbox_in, test_home, text};
 
-/// Shared with the other tests: images are built once there.
-fn shared_home() -> PathBuf {
-    std::env::var_os("GUESTBOX_TEST_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../target/guestbox-test-home/deep-on-purpose-to-exceed-the-unix-socket-path-limit"
-            ))
-        })
-}
+use std::path::Path;
+use std::process::Output;
 
-fn guestbox(home: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_guestbox"))
-        .env("GUESTBOX_HOME", home)
-        .env_remove("GUESTBOX_LOG")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+fn guestbox(home: &Path, args: &[&str]) -> Output {
+    guestbox_in(home).args(args).output().unwrap()
 }
 
 #[test]
 fn auto_probes_kvm_once_falls_back_with_one_line_and_reuses_the_verdict() {
-    let shared = shared_home();
+    let shared = test_home();
     let o = guestbox(&shared, &["images"]);
     assert!(o.status.success(), "{}", text(&o).1);
     // A fresh home (so no earlier verdict) that borrows the shared images.

@@ -1,37 +1,11 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
+mod common;
+use common::{descendants, guestbox, run_dirs, test_home, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn guestbox() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_guestbox"));
-    c.env("GUESTBOX_HOME", test_home())
-        .env_remove("GUESTBOX_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
-/// Shared with guestbox-core's tests: images and the default base are built once.
-fn test_home() -> PathBuf {
-    std::env::var_os("GUESTBOX_TEST_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                // Deep on purpose: a run's socket paths under it are longer than unix
-                // sockets allow, which guestbox must handle (see short_dir.rs).
-                "/../../target/guestbox-test-home/deep-on-purpose-to-exceed-the-unix-socket-path-limit"
-            ))
-        })
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn help_and_version() {
@@ -121,16 +95,6 @@ fn pids_matching(needle: &str) -> Vec<i32> {
         }
     }
     out
-}
-
-fn run_dirs(home: &Path) -> Vec<String> {
-    std::fs::read_dir(home.join("runs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("run-"))
-        .collect()
 }
 
 /// The name of the run directory of guestbox `pid` once its two QEMUs run (up to two
@@ -576,36 +540,6 @@ fn shell_gives_a_terminal_and_returns_its_exit_code() {
         stdout.contains("/dev/pts/"),
         "the guest shell has no terminal: {stdout}"
     );
-}
-
-/// Every process below `root` (children, grandchildren ...), from /proc's parent links.
-fn descendants(root: i32) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // The parent is the second field after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if let Some(ppid) = ppid {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 fn alive(pids: &[i32]) -> Vec<i32> {

@@ -172,7 +172,8 @@ pub async fn check_compatible(base: &Base, qemu: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_volumes(volumes: &[Volume]) -> Result<Vec<(Volume, PathBuf)>> {
+/// Checks `-v` volumes: count, host directories that exist, no guest path twice.
+pub fn check_volumes(volumes: &[Volume]) -> Result<Vec<(Volume, PathBuf)>> {
     if volumes.len() > agent::VOLUME_SLOTS {
         return Err(Error::Usage(format!(
             "{} volumes given; at most {} -v per run",

@@ -137,7 +137,10 @@ async fn guest_reaches_the_controller_and_nothing_else() {
         for p in 21 22 23 25 53 80 111 135 137 139 443 631 2049 3260 5355 5900 8080 9100; do \
           bash -c \"exec 3<>/dev/tcp/192.168.0.2/$p\" 2>/dev/null && echo CONTROLLER-OPEN-$p; \
         done; \
-        ip -o link | grep -c 'link/ether'";
+        bash -c 'echo probe >/dev/udp/192.168.0.2/9' && echo UDP-LINK-OK; \
+        bash -c 'echo probe >/dev/udp/8.8.8.8/53' 2>/dev/null && echo UDP-OUTSIDE-SENT; \
+        bash -c 'echo probe >/dev/udp/10.0.2.2/53' 2>/dev/null && echo UDP-SLIRP-SENT; \
+        echo NICS=$(ip -o link | grep -c 'link/ether')";
     let r = run(cmd(&["sh", "-c", script])).await.unwrap();
     assert!(r.stdout.contains("SMB-OK"), "{} {}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("SLIRP-REACHED"));
@@ -150,8 +153,22 @@ async fn guest_reaches_the_controller_and_nothing_else() {
         r.stdout
     );
     assert!(r.stdout.contains("192.168.0.0/24 dev eth0"), "{}", r.stdout);
+    // UDP too: a datagram to the controller leaves (so the probe works), one to any
+    // other address has no route to take.
+    assert!(
+        r.stdout.contains("UDP-LINK-OK"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!r.stdout.contains("UDP-OUTSIDE-SENT"), "{}", r.stdout);
+    assert!(!r.stdout.contains("UDP-SLIRP-SENT"), "{}", r.stdout);
     // Exactly one Ethernet interface: the private link.
-    assert!(r.stdout.trim_end().ends_with('1'), "{}", r.stdout);
+    assert!(
+        r.stdout.lines().any(|l| l == "NICS=1"),
+        "expected exactly one NIC: {}",
+        r.stdout
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{descendants, guestbox, run_dirs, test_home, text};
+use common::{descendants, guestbox, started_run, test_home, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -97,24 +97,6 @@ fn pids_matching(needle: &str) -> Vec<i32> {
     out
 }
 
-/// The name of the run directory of guestbox `pid` once its two QEMUs run (up to two
-/// minutes). By parentage: other tests run at the same time in the same home.
-fn started_run(home: &Path, pid: u32) -> String {
-    let started = Instant::now();
-    loop {
-        let ours = descendants(pid as i32);
-        let mine = |d: &String| pids_matching(d).iter().filter(|p| ours.contains(p)).count() >= 2;
-        if let Some(d) = run_dirs(home).into_iter().find(mine) {
-            return d;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_default_base_runs_commands_and_sigint_cleans_up() {
     // First use bootstraps the default base (or finds it): a real run end to end.
@@ -140,7 +122,7 @@ fn the_default_base_runs_commands_and_sigint_cleans_up() {
         .spawn()
         .unwrap();
     // Wait until its run directory and QEMUs exist.
-    let run_dir = started_run(&home, child.id());
+    let (run_dir, _) = started_run(&home, child.id());
     std::thread::sleep(Duration::from_secs(2));
     let qemus = pids_matching(&run_dir);
     assert!(
@@ -602,7 +584,7 @@ fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run_dir = started_run(&home, child.id());
+    let (run_dir, _) = started_run(&home, child.id());
     std::thread::sleep(Duration::from_secs(2));
     kill_and_check_orphans(&mut child, "run");
     assert!(pids_matching(&run_dir).is_empty());

@@ -5,7 +5,7 @@
 //! Shares the test home (and its default base) with every other test of the workspace.
 
 mod common;
-use common::{descendants, guestbox, run_dirs, test_home, text};
+use common::{descendants, guestbox, live_cmdline, started_run, test_home, text};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -16,58 +16,6 @@ use std::time::{Duration, Instant};
 fn default_base_ready() {
     let o = guestbox().args(["run", "--", "true"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-}
-
-/// The command line of a live (not zombie) process.
-fn live_cmdline(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    if stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    {
-        return None;
-    }
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&cmd).replace('\0', " "))
-}
-
-/// The QEMUs (`qemu-system-*`) below guestbox `pid` whose command line names `run_dir`.
-fn run_qemus(pid: u32, run_dir: &str) -> Vec<i32> {
-    descendants(pid as i32)
-        .into_iter()
-        .filter(|p| {
-            live_cmdline(*p).is_some_and(|c| {
-                let program = c.split(' ').next().unwrap_or_default();
-                program
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .starts_with("qemu-system")
-                    && c.contains(run_dir)
-            })
-        })
-        .collect()
-}
-
-/// The run directory of guestbox `pid` and the PIDs of its guest and controller QEMUs,
-/// once both run (up to two minutes). By parentage: other tests run at the same time in
-/// the same home.
-fn started_run(home: &Path, pid: u32) -> (String, Vec<i32>) {
-    let started = Instant::now();
-    loop {
-        for d in run_dirs(home) {
-            let qemus = run_qemus(pid, &d);
-            if qemus.len() >= 2 {
-                assert_eq!(qemus.len(), 2, "more than two QEMUs in one run: {qemus:?}");
-                return (d, qemus);
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Fails unless every one of `qemus` (PIDs of the run in `run_dir`) is gone within a few

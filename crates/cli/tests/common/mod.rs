@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The guestbox binary, in the shared test home, with no log filter and no stdin.
 pub fn guestbox() -> Command {
@@ -79,4 +80,56 @@ pub fn descendants(root: i32) -> Vec<i32> {
     }
     found.remove(0);
     found
+}
+
+/// The command line of a live (not zombie) process.
+pub fn live_cmdline(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    {
+        return None;
+    }
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&cmd).replace('\0', " "))
+}
+
+/// The QEMUs (`qemu-system-*`) below guestbox `pid` whose command line names `run_dir`.
+pub fn run_qemus(pid: u32, run_dir: &str) -> Vec<i32> {
+    descendants(pid as i32)
+        .into_iter()
+        .filter(|p| {
+            live_cmdline(*p).is_some_and(|c| {
+                let program = c.split(' ').next().unwrap_or_default();
+                program
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .starts_with("qemu-system")
+                    && c.contains(run_dir)
+            })
+        })
+        .collect()
+}
+
+/// The run directory of guestbox `pid` and the PIDs of its guest and controller QEMUs,
+/// once both run (up to two minutes). By parentage: other tests run at the same time in
+/// the same home.
+pub fn started_run(home: &Path, pid: u32) -> (String, Vec<i32>) {
+    let started = Instant::now();
+    loop {
+        for d in run_dirs(home) {
+            let qemus = run_qemus(pid, &d);
+            if qemus.len() >= 2 {
+                assert_eq!(qemus.len(), 2, "more than two QEMUs in one run: {qemus:?}");
+                return (d, qemus);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,7 +1,7 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{descendants, guestbox, started_run, test_home, text};
+use common::{base_id, descendants, guestbox, started_run, test_home, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -154,21 +154,7 @@ fn the_default_base_runs_commands_and_sigint_cleans_up() {
 
 /// The id of the base named "default", as `ls --json` lists it.
 fn default_base_id() -> String {
-    let o = guestbox().args(["ls", "--json"]).output().unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let default = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            r["names"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n == "default")
-        })
-        .expect("ls lists the default base");
-    default["id"].as_str().unwrap().to_string()
+    base_id("default")
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! Shares the test home (and its default base) with every other test of the workspace.
 
 mod common;
-use common::{descendants, guestbox, live_cmdline, started_run, test_home, text};
+use common::{base_id, descendants, guestbox, live_cmdline, started_run, test_home, text};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -182,19 +182,6 @@ done
             assert!(l.contains("error(13)"), "{l}");
         }
     }
-}
-
-/// The id of the base named `name`, as `ls --json` lists it.
-fn base_id(name: &str) -> String {
-    let o = guestbox().args(["ls", "--json"]).output().unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
-        .unwrap_or_else(|| panic!("ls lists no base named {name}: {}", text(&o).0));
-    row["id"].as_str().unwrap().to_string()
 }
 
 fn smb_password(id: &str) -> String {

@@ -133,3 +133,16 @@ pub fn started_run(home: &Path, pid: u32) -> (String, Vec<i32>) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The id of the base named `name`, as `ls --json` lists it.
+pub fn base_id(name: &str) -> String {
+    let o = guestbox().args(["ls", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+        .unwrap_or_else(|| panic!("ls lists no base named {name}: {}", text(&o).0));
+    row["id"].as_str().unwrap().to_string()
+}

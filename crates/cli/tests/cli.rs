@@ -352,35 +352,10 @@ fn forcing_kvm_where_it_cannot_run_guests_fails_clearly_and_auto_falls_back() {
     }
 }
 
-/// A hand-made Cygwin mirror (Base + openssh + cygrunsrv) with real sizes and SHA-512s.
-fn fake_cygwin_mirror(root: &Path) -> PathBuf {
-    let dir = root.join("https%3a%2f%2fmirror.example%2fcygwin%2f");
-    let mut ini = String::from("release: cygwin\narch: x86_64\nsetup-timestamp: 1717243200\n\n");
-    for (name, category) in [
-        ("base-cygwin", "Base"),
-        ("openssh", "Net"),
-        ("cygrunsrv", "Admin"),
-    ] {
-        let rel = format!("x86_64/release/{name}/{name}-1.0-1.tar.xz");
-        let path = dir.join(&rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, format!("fake {name}").repeat(20)).unwrap();
-        let sum = Command::new("sha512sum").arg(&path).output().unwrap();
-        let sum = String::from_utf8(sum.stdout).unwrap()[..128].to_string();
-        let size = std::fs::metadata(&path).unwrap().len();
-        ini.push_str(&format!(
-            "@ {name}\nsdesc: \"{name}\"\ncategory: {category}\nversion: 1.0-1\ninstall: {rel} {size} {sum}\n\n"
-        ));
-    }
-    std::fs::write(dir.join("x86_64/setup.ini"), ini).unwrap();
-    std::fs::write(root.join("setup-x86_64.exe"), b"MZ fake setup").unwrap();
-    dir
-}
-
 #[test]
 fn windows_bootstrap_emits_media_and_stage_scripts_and_starts_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirror = fake_cygwin_mirror(tmp.path());
+    let mirror = fake_cygwin_mirror_for(tmp.path(), "x86_64");
     let iso = tmp.path().join("win.iso");
     std::fs::write(&iso, vec![0u8; 4096]).unwrap();
     let out = tmp.path().join("emit");
@@ -812,7 +787,7 @@ fn fake_windows_iso(root: &Path, message: &str) -> PathBuf {
 }
 
 fn windows_install(root: &Path, iso: &Path) -> Output {
-    let mirror = fake_cygwin_mirror(root);
+    let mirror = fake_cygwin_mirror_for(root, "x86_64");
     guestbox()
         .args(["bootstrap", "--profile", "windows", "--accel", "tcg"])
         .arg("--iso")
@@ -860,8 +835,9 @@ fn the_install_stage_runs_from_guestbox_and_reads_its_end_from_com1() {
     assert!(err.contains("without GUESTBOX-BOOTSTRAP-OK"), "{err}");
 }
 
-/// A hand-made Cygwin mirror for `arch` ("x86" or "x86_64"), with the setup program named
-/// as guestbox looks for it next to the mirror.
+/// A hand-made Cygwin mirror (Base + openssh + cygrunsrv, real sizes and SHA-512s) for
+/// `arch` ("x86" or "x86_64"), with the setup program named as guestbox looks for it next
+/// to the mirror.
 fn fake_cygwin_mirror_for(root: &Path, arch: &str) -> PathBuf {
     let dir = root.join("https%3a%2f%2fmirror.example%2fcygwin%2f");
     let mut ini = format!("release: cygwin\narch: {arch}\nsetup-timestamp: 1717243200\n\n");

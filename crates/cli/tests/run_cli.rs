@@ -19,7 +19,8 @@ fn default_base_ready() {
 }
 
 /// Fails unless every one of `qemus` (PIDs of the run in `run_dir`) is gone within a few
-/// seconds. A PID reused by another process does not count: it must still name the run.
+/// seconds, and the run directory with them. A PID reused by another process does not
+/// count: it must still name the run.
 fn assert_gone(qemus: &[i32], run_dir: &str, what: &str) {
     let left = || -> Vec<i32> {
         qemus
@@ -36,6 +37,10 @@ fn assert_gone(qemus: &[i32], run_dir: &str, what: &str) {
         left().is_empty(),
         "{what}: QEMU processes {:?} of {run_dir} outlived guestbox",
         left()
+    );
+    assert!(
+        !test_home().join("runs").join(run_dir).exists(),
+        "{what}: run directory {run_dir} was left behind"
     );
 }
 
@@ -66,10 +71,6 @@ fn sigterm_stops_both_vms_and_removes_the_run_directory() {
         started.elapsed()
     );
     assert_gone(&qemus, &run_dir, "SIGTERM");
-    assert!(
-        !home.join("runs").join(&run_dir).exists(),
-        "run directory {run_dir} was left behind"
-    );
 }
 
 #[test]
@@ -90,10 +91,6 @@ fn timeout_stops_both_vms_and_removes_the_run_directory() {
     assert!(err.contains("did not finish within 15 s"), "{err}");
     assert!(spawned.elapsed() >= Duration::from_secs(15));
     assert_gone(&qemus, &run_dir, "--timeout");
-    assert!(
-        !home.join("runs").join(&run_dir).exists(),
-        "run directory {run_dir} was left behind"
-    );
 }
 
 #[test]

@@ -20,6 +20,22 @@ fn media_floppy() -> (Vec<u8>, windows::MediaFile, Vec<windows::MediaFile>) {
     (img, answer, scripts)
 }
 
+/// Fails unless mtools reads each of `files` back from the image at `path`, byte for byte.
+fn assert_holds<'a>(
+    mtype: &std::path::Path,
+    path: &std::path::Path,
+    files: impl IntoIterator<Item = &'a windows::MediaFile>,
+) {
+    for f in files {
+        let out = run(Command::new(mtype)
+            .arg("-i")
+            .arg(path)
+            .arg(format!("::/{}", f.name)));
+        assert!(out.status.success(), "mtype {}", f.name);
+        assert_eq!(out.stdout, f.data, "{} differs", f.name);
+    }
+}
+
 #[test]
 fn floppy_is_readable_by_mtools_and_clean_for_fsck() {
     let mdir = tool("mdir", "mtools");
@@ -55,21 +71,8 @@ fn floppy_is_readable_by_mtools_and_clean_for_fsck() {
         "volume id missing:\n{listing}"
     );
 
-    let text = run_ok(
-        Command::new(&mtype)
-            .arg("-i")
-            .arg(&path)
-            .arg("::/Autounattend.xml"),
-    );
-    assert_eq!(text.as_bytes(), &answer.data[..]);
-    for s in &scripts {
-        let out = run(Command::new(&mtype)
-            .arg("-i")
-            .arg(&path)
-            .arg(format!("::/{}", s.name)));
-        assert!(out.status.success());
-        assert_eq!(out.stdout, s.data, "{} differs", s.name);
-    }
+    assert_eq!(answer.name, "Autounattend.xml");
+    assert_holds(&mtype, &path, std::iter::once(&answer).chain(&scripts));
 
     run_ok(Command::new(&fsck).arg("-n").arg(&path));
 }
@@ -159,21 +162,9 @@ fn xp_floppy_is_readable_by_mtools_and_clean_for_fsck() {
         listing.contains("WINNT    SIF") || listing.contains("winnt    sif"),
         "{listing}"
     );
-    let out = run(Command::new(&mtype)
-        .arg("-i")
-        .arg(&path)
-        .arg("::/winnt.sif"));
-    assert!(out.status.success());
-    assert_eq!(out.stdout, answer.data);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("UnattendMode=FullUnattended\r\n"));
-    for f in &scripts {
-        let out = run(Command::new(&mtype)
-            .arg("-i")
-            .arg(&path)
-            .arg(format!("::/{}", f.name)));
-        assert!(out.status.success());
-        assert_eq!(out.stdout, f.data, "{} differs", f.name);
-    }
+    assert_eq!(answer.name, "winnt.sif");
+    assert!(String::from_utf8_lossy(&answer.data).contains("UnattendMode=FullUnattended\r\n"));
+    assert_holds(&mtype, &path, std::iter::once(&answer).chain(&scripts));
     run_ok(Command::new(&fsck).arg("-n").arg(&path));
 
     // Same inputs, same bytes.

@@ -14,12 +14,15 @@ fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.join("../..");
-    let agent = workspace.join("crates/agent");
-    println!("cargo:rerun-if-changed={}", agent.join("src").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        agent.join("Cargo.toml").display()
-    );
+    // The agent and the crates it is made of.
+    for krate in ["agent", "link", "sys"] {
+        let dir = workspace.join("crates").join(krate);
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
     println!("cargo:rerun-if-env-changed=GUESTBOX_AGENT_BINARY");
 
     // Packagers can build the agent themselves and point at it.

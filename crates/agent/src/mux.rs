@@ -72,32 +72,12 @@ impl Reader<'_> {
 
 /// Sends one fd with one byte of data, as OpenSSH's mm_send_fd does.
 fn send_fd(sock: &UnixStream, fd: RawFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer has room for one cmsg carrying one fd.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        if libc::sendmsg(sock.as_raw_fd(), &msg, 0) != 1 {
-            return Err(io::Error::last_os_error());
-        }
+    match sys::fdpass::send_with_fd(sock.as_raw_fd(), &[0], fd)? {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "sent {n} bytes with a descriptor instead of 1"
+        ))),
     }
-    Ok(())
 }
 
 /// A session opened on the master: wait for its exit status with [`Session::wait`].

@@ -1,6 +1,10 @@
 //! Command-line syntax.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guestbox::machine::accel::AccelChoice;
+use guestbox::run::Volume;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,8 +68,47 @@ pub struct VmArgs {
     pub cpus: Option<u32>,
     /// auto probes KVM (briefly, once per host boot) and falls back to TCG. Windows
     /// --emit probes nothing: there auto means tcg, give kvm for KVM command lines.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    pub accel: String,
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+}
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<Accel> for AccelChoice {
+    fn from(a: Accel) -> Self {
+        match a {
+            Accel::Auto => AccelChoice::Auto,
+            Accel::Kvm => AccelChoice::Kvm,
+            Accel::Tcg => AccelChoice::Tcg,
+        }
+    }
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// `--profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileName {
+    /// Debian built from packages (the default).
+    Debian,
+    /// 64-bit Windows 10/11, Server 2016 and later (Autounattend.xml).
+    Windows,
+    /// 32-bit Windows XP / Server 2003 (winnt.sif), as in the original.
+    WindowsXp,
 }
 
 impl VmArgs {
@@ -82,10 +125,9 @@ impl VmArgs {
 
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
-    /// Guest profile: debian (built from Debian packages); windows (64-bit Windows 10/11,
-    /// Server 2016 and later) or windows-xp (32-bit XP/Server 2003) with --emit.
-    #[arg(long, default_value = "debian")]
-    pub profile: String,
+    /// Guest profile.
+    #[arg(long, value_enum, default_value_t = ProfileName::Debian)]
+    pub profile: ProfileName,
     /// A name for the base (bases are content-addressed; a name is an alias).
     #[arg(long)]
     pub name: Option<String>,
@@ -168,11 +210,11 @@ pub struct JobArgs {
     #[arg(long)]
     pub base: Option<String>,
     /// Share a host directory: HOST:GUEST or HOST:GUEST:ro. Up to 8.
-    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
-    pub volumes: Vec<String>,
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = parse_volume)]
+    pub volumes: Vec<Volume>,
     /// Set an environment variable in the guest.
-    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
@@ -227,8 +269,8 @@ pub struct BenchArgs {
     /// The large guest's memory, for the revive-vs-RAM-size comparison.
     #[arg(long, default_value = "8G", value_parser = parse_size_mib)]
     pub big_memory: u64,
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    pub accel: String,
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
     /// Instead of the speed table: the reliability figures, N runs one after another
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
@@ -254,6 +296,53 @@ pub struct InspectArgs {
 pub struct RmArgs {
     #[arg(required = true)]
     pub bases: Vec<String>,
+}
+
+/// `-v HOST:GUEST[:ro|:rw]`. The host path is taken as given (checked against the disk
+/// later, before anything starts); the guest path must be absolute and plain.
+pub fn parse_volume(s: &str) -> Result<Volume, String> {
+    let bad = |why: &str| format!("{s:?}: {why} (expected HOST:GUEST or HOST:GUEST:ro)");
+    let (rest, readonly) = match s.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, true),
+        Some((rest, "rw")) => (rest, false),
+        _ => (s, false),
+    };
+    let (host, guest) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| bad("missing ':GUEST'"))?;
+    if host.is_empty() {
+        return Err(bad("empty host directory"));
+    }
+    if !guest.starts_with('/') {
+        return Err(bad("the guest path must be absolute"));
+    }
+    if guest.contains('\0') || guest.contains('\n') || guest.split('/').any(|c| c == "..") {
+        return Err(bad("the guest path may not contain '..', newlines or NUL"));
+    }
+    Ok(Volume {
+        host: PathBuf::from(host),
+        guest: guest.to_string(),
+        readonly,
+    })
+}
+
+/// `-e NAME=VALUE`: NAME must be a shell variable name.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))?;
+    let valid = !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{s:?}: {k:?} is not a valid variable name (letters, digits, _; not starting with a digit)"
+        ));
+    }
+    if v.contains('\0') {
+        return Err(format!("{k}: the value contains a NUL byte"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// `512M`, `2G`, `1.5G`, `1024` (MiB).
@@ -330,6 +419,37 @@ mod tests {
     }
 
     #[test]
+    fn volumes_parse_and_reject() {
+        let v = parse_volume("/src:/work:ro").unwrap();
+        assert_eq!(
+            v,
+            Volume {
+                host: "/src".into(),
+                guest: "/work".into(),
+                readonly: true
+            }
+        );
+        let v = parse_volume("./out:/out").unwrap();
+        assert!(!v.readonly);
+        assert_eq!(v.host, PathBuf::from("./out"));
+        for bad in ["/src", "/src:work", ":/x", "/a:/b/../c", "/a:"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_parses_and_rejects() {
+        assert_eq!(parse_env("A_1=x=y").unwrap(), ("A_1".into(), "x=y".into()));
+        assert_eq!(
+            parse_env("EMPTY=").unwrap(),
+            ("EMPTY".into(), String::new())
+        );
+        for bad in ["NOEQUALS", "=v", "1A=v", "A-B=v", "A B=v"] {
+            assert!(parse_env(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size_mib("512M"), Ok(512));
         assert_eq!(parse_size_mib("2G"), Ok(2048));
@@ -383,8 +503,8 @@ pub struct BootArgs {
     #[command(flatten)]
     pub image: ImageArgs,
     /// auto probes KVM (briefly, once per host boot) and falls back to TCG.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    pub accel: String,
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
     /// Seconds to wait for the ready marker.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,

@@ -2,22 +2,23 @@
 
 use std::time::{Duration, Instant};
 
-use guestbox::accel::{self, AccelChoice};
 use guestbox::bootstrap::{bootstrap, BootstrapOptions};
+use guestbox::host::{programs, Dirs};
 use guestbox::images::{self, DebianSource, GuestRecipe};
-use guestbox::paths::Dirs;
+use guestbox::machine::accel;
 use guestbox::profile::Profile;
-use guestbox::progress::{Mode, Progress};
-use guestbox::run::{parse_env, RunOptions, Volume};
-use guestbox::store::{Base, Store};
-use guestbox::{boot_image, hostcheck, Error, Result};
+use guestbox::progress::Progress;
+use guestbox::run::{self, Command as JobCommand, RunOptions, SessionOptions, Streams};
+use guestbox::store::{self, gc, Base, Listed, Store};
+use guestbox::{health, Error, IoContext, Result};
 
 use crate::cli::{
-    BootArgs, BootstrapArgs, Cli, Command, ImageArgs, JobArgs, RunArgs, ShellArgs, VmArgs, Which,
+    Accel, BootArgs, BootstrapArgs, Cli, Command, ImageArgs, JobArgs, ProfileName, RunArgs,
+    ShellArgs, VmArgs, Which,
 };
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
-    let progress = Progress::new(if cli.quiet { Mode::Quiet } else { Mode::Normal });
+    let progress = crate::report::progress(cli.quiet);
     match cli.command {
         Command::Images(args) => {
             let built = images(&args.image, &progress).await?;
@@ -27,7 +28,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Boot(args) => boot(args, &progress).await,
-        Command::Bootstrap(args) if args.profile.starts_with("windows") => {
+        Command::Bootstrap(args) if args.profile != ProfileName::Debian => {
             crate::windows::bootstrap(&args, &progress).await
         }
         Command::Bootstrap(args) => {
@@ -44,19 +45,18 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ls(args) => ls(args.json),
         Command::Inspect(args) => {
             let base = store()?.resolve(&args.base)?;
-            let mut json =
-                serde_json::to_value(&base.manifest).map_err(|e| Error::Other(e.to_string()))?;
+            let mut json = serde_json::to_value(&base.manifest).ctx(|| "printing the manifest")?;
             json["names"] = serde_json::json!(base.names);
             json["path"] = serde_json::json!(base.dir);
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json).map_err(|e| Error::Other(e.to_string()))?
+                serde_json::to_string_pretty(&json).ctx(|| "printing the manifest")?
             );
             Ok(0)
         }
         Command::Verify(args) => {
             let base = store()?.resolve(&args.base)?;
-            let problems = guestbox::store::verify(&base)?;
+            let problems = store::verify(&base)?;
             if problems.is_empty() {
                 println!(
                     "base {}: all {} files intact",
@@ -65,12 +65,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 );
                 return Ok(0);
             }
-            Err(Error::Other(format!(
-                "base {} is damaged; remove it with `guestbox rm {}` and bootstrap again:\n  {}",
-                base.manifest.id,
-                &base.manifest.id[..12.min(base.manifest.id.len())],
-                problems.join("\n  ")
-            )))
+            Err(Error::DamagedBase {
+                id: base.manifest.id[..12.min(base.manifest.id.len())].to_string(),
+                problem: format!(
+                    "its files differ from its manifest:\n  {}\n ",
+                    problems.join("\n  ")
+                ),
+            })
         }
         Command::Rm(args) => {
             let store = store()?;
@@ -82,11 +83,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     }
                     // A damaged base cannot be loaded, but its full id still names it.
                     Err(e)
-                        if guestbox::store::is_base_id(what)
-                            && store
-                                .base_dir(what)
-                                .join(guestbox::store::MANIFEST)
-                                .is_file() =>
+                        if store::is_base_id(what)
+                            && store.base_dir(what).join(store::MANIFEST).is_file() =>
                     {
                         tracing::debug!("removing a base that does not load: {e}");
                         store.remove_id(what)?;
@@ -98,7 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Gc => {
-            let report = guestbox::gc::collect(&Dirs::from_env()?)?;
+            let report = gc::collect(&Dirs::from_env()?)?;
             for line in &report.removed {
                 println!("removed {line}");
             }
@@ -111,27 +109,30 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Bench(args) => {
             if let Some(soak) = args.soak {
-                let rows = guestbox::bench::reliability(
+                let rows = crate::bench::reliability(
                     &Dirs::from_env()?,
-                    args.accel.parse()?,
+                    args.accel.into(),
                     args.parallel,
                     soak,
                     &progress,
                 )
                 .await?;
-                guestbox::bench::print_table(&rows, &format!("reliability, accel {}", args.accel));
+                crate::bench::print_table(
+                    &rows,
+                    &format!("reliability, accel {}", args.accel.name()),
+                );
                 return Ok(0);
             }
-            let opts = guestbox::bench::BenchOptions {
+            let opts = crate::bench::BenchOptions {
                 runs: args.runs,
                 small_mib: 1024,
                 big_mib: args.big_memory,
-                accel: args.accel.parse()?,
+                accel: args.accel.into(),
             };
-            let rows = guestbox::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
-            guestbox::bench::print_table(
+            let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
+            crate::bench::print_table(
                 &rows,
-                &format!("medians of {} runs, accel {}", args.runs, args.accel),
+                &format!("medians of {} runs, accel {}", args.runs, args.accel.name()),
             );
             Ok(0)
         }
@@ -143,22 +144,13 @@ fn store() -> Result<Store> {
     Ok(Store::new(&Dirs::from_env()?))
 }
 
-fn profile_from(name: &str, image: &ImageArgs) -> Result<Profile> {
-    match name {
-        "debian" => Ok(Profile::Debian(GuestRecipe::new(image.packages.clone()))),
-        other => Err(Error::Usage(format!(
-            "--profile {other:?}: expected debian, windows or windows-xp"
-        ))),
-    }
-}
-
 fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
     Ok(BootstrapOptions {
-        profile: profile_from(&args.profile, &args.image)?,
+        profile: Profile::Debian(GuestRecipe::new(args.image.packages.clone())),
         name: args.name.clone(),
         memory_mib: args.vm.memory_mib(),
         cpus: args.vm.cpus(),
-        accel: args.vm.accel.parse()?,
+        accel: args.vm.accel.into(),
         timeout: args.timeout,
     })
 }
@@ -171,11 +163,11 @@ async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Re
     let plain = image.packages.is_empty()
         && vm.memory_mib() == 1024
         && vm.cpus() == 1
-        && vm.accel == "auto";
+        && vm.accel == Accel::Auto;
     if plain {
         // A default base made by another guestbox build has another agent: make a new one.
         if let Ok(base) = store.resolve(DEFAULT_BASE) {
-            if base.manifest.agent == guestbox::store::agent_id() {
+            if base.manifest.agent == store::agent_id() {
                 return Ok(base);
             }
         }
@@ -188,7 +180,7 @@ async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Re
         name: plain.then(|| DEFAULT_BASE.to_string()),
         memory_mib: vm.memory_mib(),
         cpus: vm.cpus(),
-        accel: vm.accel.parse()?,
+        accel: vm.accel.into(),
         timeout: Duration::from_secs(600),
     };
     bootstrap(&Dirs::from_env()?, &opts, progress).await
@@ -208,10 +200,10 @@ fn fits_base(base: &Base, name: &str, image: &ImageArgs, vm: &VmArgs) -> Result<
     if let Some(c) = vm.cpus.filter(|c| *c != pair.guest_cpus) {
         wrong.push(format!("--cpus {c} (it has {})", pair.guest_cpus));
     }
-    if vm.accel != "auto" && vm.accel != pair.accel.qemu_name() {
+    if vm.accel != Accel::Auto && vm.accel.name() != pair.accel.qemu_name() {
         wrong.push(format!(
             "--accel {} (it was made under {})",
-            vm.accel,
+            vm.accel.name(),
             pair.accel.qemu_name()
         ));
     }
@@ -233,23 +225,13 @@ fn fits_base(base: &Base, name: &str, image: &ImageArgs, vm: &VmArgs) -> Result<
 
 /// The base and the run options a `run` or `shell` asks for.
 async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(Base, RunOptions)> {
-    let volumes = job
-        .volumes
-        .iter()
-        .map(|v| v.parse::<Volume>())
-        .collect::<Result<Vec<_>>>()?;
-    let env = job
-        .env
-        .iter()
-        .map(|e| parse_env(e))
-        .collect::<Result<Vec<_>>>()?;
     if argv.is_empty() {
         return Err(Error::Usage(
             "no command given: guestbox run [OPTIONS] -- COMMAND [ARGS...]".into(),
         ));
     }
     // Before a first run bootstraps the default base for minutes, not after.
-    guestbox::run::check_volumes(&volumes)?;
+    run::check_volumes(&job.volumes)?;
     let base = match &job.base {
         Some(b) => {
             let base = store()?.resolve(b)?;
@@ -259,30 +241,40 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
         None => default_base(&job.image, &job.vm, progress).await?,
     };
     let opts = RunOptions {
-        volumes,
-        env,
-        workdir: job.workdir.clone(),
-        argv,
-        keep_snapshot_time: job.keep_snapshot_time,
-        cold: job.cold,
-        boot_timeout: Duration::from_secs(600),
-        ..RunOptions::default()
+        session: SessionOptions {
+            volumes: job.volumes.clone(),
+            xchg: None,
+            cold: job.cold,
+            boot_timeout: Duration::from_secs(600),
+        },
+        command: JobCommand {
+            argv,
+            env: job.env.clone(),
+            workdir: job.workdir.clone(),
+            keep_snapshot_time: job.keep_snapshot_time,
+            ..JobCommand::default()
+        },
     };
     Ok((base, opts))
 }
 
 async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
     let (base, mut opts) = job(&args.job, args.command.clone(), progress).await?;
-    opts.timeout = args.timeout;
-    opts.xchg = args.xchg.clone();
+    opts.command.timeout = args.timeout;
+    opts.session.xchg = args.xchg.clone();
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut stdin = tokio::io::stdin();
-    let store = store()?;
-    let input = args.interactive.then_some(&mut stdin);
-    let outcome =
-        guestbox::run::run_with_stdin(&store, &base, &opts, input, &mut stdout, &mut stderr)
-            .await?;
+    let mut streams = Streams {
+        stdin: if args.interactive {
+            Some(&mut stdin)
+        } else {
+            None
+        },
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+    };
+    let outcome = run::run(&store()?, &base, &opts, &mut streams).await?;
     if args.timings {
         let t = &outcome.timings;
         eprintln!(
@@ -305,7 +297,7 @@ async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
         size.0, size.1
     );
     let (base, mut opts) = job(&args.job, vec!["sh".into(), "-c".into(), start], progress).await?;
-    opts.tty = Some(
+    opts.command.tty = Some(
         std::env::var("TERM")
             .ok()
             .filter(|t| !t.is_empty())
@@ -316,26 +308,23 @@ async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
     let mut stdin = tokio::io::stdin();
     let store = store()?;
     let raw = crate::terminal::RawMode::enable();
-    let outcome = guestbox::run::run_with_stdin(
-        &store,
-        &base,
-        &opts,
-        Some(&mut stdin),
-        &mut stdout,
-        &mut stderr,
-    )
-    .await;
+    let mut streams = Streams {
+        stdin: Some(&mut stdin),
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+    };
+    let outcome = run::run(&store, &base, &opts, &mut streams).await;
     drop(raw);
     Ok(outcome?.exit_code)
 }
 
 fn ls(json: bool) -> Result<i32> {
-    let bases = store()?.list()?;
+    let listed = store()?.survey()?;
     if json {
-        let rows: Vec<_> = bases
+        let rows: Vec<_> = listed
             .iter()
-            .map(|b| {
-                serde_json::json!({
+            .map(|l| match l {
+                Listed::Healthy(b) => serde_json::json!({
                     "id": b.manifest.id,
                     "names": b.names,
                     "profile": b.manifest.profile,
@@ -344,12 +333,17 @@ fn ls(json: bool) -> Result<i32> {
                     "cpus": b.manifest.pair.guest_cpus,
                     "accel": b.manifest.pair.accel,
                     "disk_bytes": b.disk_usage(),
-                })
+                }),
+                Listed::Damaged { id, problem } => serde_json::json!({
+                    "id": id,
+                    "damaged": problem.to_string(),
+                    "remove_with": format!("guestbox rm {id}"),
+                }),
             })
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::Other(e.to_string()))?
+            serde_json::to_string_pretty(&rows).ctx(|| "printing the list")?
         );
         return Ok(0);
     }
@@ -357,7 +351,16 @@ fn ls(json: bool) -> Result<i32> {
         "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  CREATED",
         "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK"
     );
-    for b in &bases {
+    let mut damaged = Vec::new();
+    for l in &listed {
+        let b = match l {
+            Listed::Healthy(b) => b,
+            Listed::Damaged { id, problem } => {
+                println!("{:<14} DAMAGED: see below", &id[..12.min(id.len())]);
+                damaged.push((id, problem));
+                continue;
+            }
+        };
         let m = &b.manifest;
         println!(
             "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {}",
@@ -375,11 +378,14 @@ fn ls(json: bool) -> Result<i32> {
             m.created
         );
     }
+    for (id, problem) in damaged {
+        eprintln!("guestbox: {problem}\n  remove it with: guestbox rm {id}");
+    }
     Ok(0)
 }
 
 async fn images(args: &ImageArgs, progress: &Progress) -> Result<images::Images> {
-    hostcheck::require(hostcheck::IMAGE_BUILD)?;
+    programs::require(programs::IMAGE_BUILD)?;
     let dirs = Dirs::from_env()?;
     dirs.create()?;
     images::ensure(
@@ -392,13 +398,12 @@ async fn images(args: &ImageArgs, progress: &Progress) -> Result<images::Images>
 }
 
 async fn boot(args: BootArgs, progress: &Progress) -> Result<i32> {
-    let choice: AccelChoice = args.accel.parse()?;
-    hostcheck::require(hostcheck::VM)?;
+    programs::require(programs::VM)?;
     let built = images(&args.image, progress).await?;
     let dirs = Dirs::from_env()?;
-    let qemu = hostcheck::path_of(hostcheck::QEMU)?;
+    let qemu = programs::path_of(programs::QEMU)?;
     let accel = accel::resolve(
-        choice,
+        args.accel.into(),
         &dirs,
         &qemu,
         &built.kernel.vmlinuz,
@@ -407,8 +412,8 @@ async fn boot(args: BootArgs, progress: &Progress) -> Result<i32> {
     )
     .await?;
     let which = match args.which {
-        Which::Guest => boot_image::Which::Guest,
-        Which::Controller => boot_image::Which::Controller,
+        Which::Guest => health::Which::Guest,
+        Which::Controller => health::Which::Controller,
     };
     let step = progress.step(format!(
         "booting the {} image ({})",
@@ -416,7 +421,7 @@ async fn boot(args: BootArgs, progress: &Progress) -> Result<i32> {
         accel.qemu_name()
     ));
     let started = Instant::now();
-    let report = boot_image::boot_to_ready(
+    let report = health::boot_to_ready(
         &qemu,
         &built,
         which,

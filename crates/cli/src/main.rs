@@ -1,7 +1,11 @@
 //! The `guestbox` command: a thin layer over guestbox-core.
 
+mod bench;
 mod cli;
 mod commands;
+#[cfg(test)]
+mod fuzz_args;
+mod report;
 mod terminal;
 mod windows;
 

@@ -4,45 +4,40 @@
 
 use std::path::PathBuf;
 
-use guestbox::accel::Accel;
+use guestbox::host::{fs::random_hex, process::run_tool, programs};
+use guestbox::machine::Accel;
+use guestbox::profile::windows as win;
 use guestbox::progress::Progress;
-use guestbox::{hostcheck, Error, Result};
+use guestbox::{Error, IoContext, Result};
 use media::cygwin::CygwinMirror;
 use media::windows::{
     Firmware, ImageSelection, Profile, Secret, Win11Requirements, WindowsSettings,
 };
 
-use crate::cli::BootstrapArgs;
+use crate::cli::{self, BootstrapArgs, ProfileName};
 
 pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32> {
     let w = &args.windows;
-    let profile = match args.profile.as_str() {
-        "windows" => Profile::Windows,
-        "windows-xp" => Profile::WindowsXp,
-        other => {
-            return Err(Error::Usage(format!(
-                "--profile {other:?}: expected debian, windows or windows-xp"
-            )))
-        }
+    let profile = match args.profile {
+        ProfileName::WindowsXp => Profile::WindowsXp,
+        ProfileName::Windows | ProfileName::Debian => Profile::Windows,
     };
+    let name = profile.name();
     let iso = w.iso.clone().ok_or_else(|| {
         Error::Usage(format!(
-            "--profile {}: --iso PATH (your Windows install ISO) is required",
-            args.profile
+            "--profile {name}: --iso PATH (your Windows install ISO) is required"
         ))
     })?;
     let mirror_dir = w.cygwin_mirror.clone().ok_or_else(|| {
         Error::Usage(format!(
-            "--profile {}: --cygwin-mirror DIR is required (a local Cygwin mirror; see the README)",
-            args.profile
+            "--profile {name}: --cygwin-mirror DIR is required (a local Cygwin mirror; see the README)"
         ))
     })?;
     let Some(dir) = w.emit.clone() else {
         return Err(Error::Usage(format!(
-            "--profile {}: running the Windows install is not wired up yet; use --emit DIR to \
+            "--profile {name}: running the Windows install is not wired up yet; use --emit DIR to \
              generate the floppy, the Cygwin CD, the answer file and the QEMU command line of \
-             each stage (see the README, \"Windows guests\")",
-            args.profile
+             each stage (see the README, \"Windows guests\")"
         )));
     };
     if profile == Profile::WindowsXp {
@@ -77,7 +72,7 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
     // new. emit() keeps it in DIR/admin-password.
     let password = match &w.admin_password {
         Some(p) => Secret::new(p.clone()),
-        None => match guestbox::windows::stored_password(&dir)? {
+        None => match win::stored_password(&dir)? {
             Some(p) => p,
             None => Secret::new(generated_password()?),
         },
@@ -120,11 +115,11 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
     };
     // The emitted command lines are for this host: KVM only if asked for explicitly (the
     // scripts run outside guestbox, which would otherwise probe it).
-    let accel = match args.vm.accel.as_str() {
-        "kvm" => Accel::Kvm,
-        _ => Accel::Tcg,
+    let accel = match args.vm.accel {
+        cli::Accel::Kvm => Accel::Kvm,
+        cli::Accel::Auto | cli::Accel::Tcg => Accel::Tcg,
     };
-    let mut hw = guestbox::windows::Hardware::new(&settings, accel);
+    let mut hw = win::Hardware::new(&settings, accel);
     if let Some(m) = args.vm.memory {
         hw.memory_mib = m;
     }
@@ -132,10 +127,9 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         hw.cpus = c;
     }
     let step = progress.step(format!(
-        "writing the {} install media and stage scripts",
-        args.profile
+        "writing the {name} install media and stage scripts"
     ));
-    let report = guestbox::windows::emit(&dir, &settings, &iso, &mirror, &hw)?;
+    let report = win::emit(&dir, &settings, &iso, &mirror, &hw)?;
     step.done();
     println!("wrote {}:", report.dir.display());
     for (stage, script) in &report.stage_scripts {
@@ -147,7 +141,7 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
     );
     println!(
         "  admin password  {} (owner-only; reused by the next --emit here)",
-        dir.join(guestbox::windows::ADMIN_PASSWORD_FILE).display()
+        dir.join(win::ADMIN_PASSWORD_FILE).display()
     );
     println!(
         "  accel           {}",
@@ -157,14 +151,17 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         }
     );
     if w.run_install {
-        hostcheck::require(hostcheck::VM)?;
-        let qemu = hostcheck::path_of(hostcheck::QEMU)?;
+        programs::require(programs::VM)?;
+        let qemu = programs::path_of(programs::QEMU)?;
         let install = report
             .stages
             .iter()
-            .find(|s| s.name == guestbox::windows::STAGE_INSTALL)
-            .ok_or_else(|| Error::Other("no install stage was emitted".into()))?;
-        let done = guestbox::windows_install::run_install(
+            .find(|s| s.name == win::STAGE_INSTALL)
+            .ok_or_else(|| Error::Stage {
+                stage: win::STAGE_INSTALL.into(),
+                problem: "it was not emitted".into(),
+            })?;
+        let done = win::install::run_install(
             &qemu,
             &report.dir,
             install,
@@ -184,15 +181,15 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
 
 /// A password Windows' default complexity rules accept: upper, lower, digit, symbol.
 fn generated_password() -> Result<String> {
-    Ok(format!("Gb-{}-x9", guestbox::bootstrap::random_hex(12)?))
+    Ok(format!("Gb-{}-x9", random_hex(12)?))
 }
 
 /// A fresh ed25519 key pair for the controller; returns the public key line.
 async fn controller_key(path: &std::path::Path) -> Result<String> {
-    let keygen = hostcheck::path_of(hostcheck::SSH_KEYGEN)?;
+    let keygen = programs::path_of(programs::SSH_KEYGEN)?;
     if !path.exists() {
         let p = path.to_string_lossy().into_owned();
-        guestbox::process::run_tool(
+        run_tool(
             "ssh-keygen",
             &keygen,
             &[
@@ -212,5 +209,5 @@ async fn controller_key(path: &std::path::Path) -> Result<String> {
     let pub_path = path.with_extension("pub");
     std::fs::read_to_string(&pub_path)
         .map(|s| s.trim().to_string())
-        .map_err(|e| Error::Other(format!("reading {}: {e}", pub_path.display())))
+        .ctx(|| format!("reading {}", pub_path.display()))
 }

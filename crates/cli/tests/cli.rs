@@ -1,7 +1,7 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{base_id, descendants, guestbox, started_run, test_home, text};
+use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -48,7 +48,10 @@ fn usage_errors_exit_2_with_a_clear_message() {
             "must be absolute",
         ),
         (&["run", "--"], "no command given"),
-        (&["bootstrap", "--profile", "beos"], "expected debian"),
+        (
+            &["bootstrap", "--profile", "beos"],
+            "possible values: debian, windows, windows-xp",
+        ),
         (&["bootstrap", "--memory", "lots"], "not a size"),
         (&["bootstrap", "--name", "../x"], "not a valid base name"),
         (&["inspect", "no-such-base-anywhere"], "no base named"),
@@ -211,6 +214,52 @@ fn ls_and_inspect_show_the_base() {
     );
     let o = guestbox().args(["ls"]).output().unwrap();
     assert!(text(&o).0.contains(&id[..12]));
+}
+
+/// One damaged manifest does not hide the other bases: `ls` lists the healthy ones, marks
+/// the damaged one with the reason and the command that removes it, and `ls --json` too.
+#[test]
+fn ls_lists_the_healthy_bases_beside_a_damaged_one() {
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let id = default_base_id();
+    let home = tempfile::tempdir().unwrap();
+    let bases = home.path().join("bases");
+    std::fs::create_dir_all(bases.join("names")).unwrap();
+    // The healthy base: the shared one's manifest, which is all `ls` reads.
+    let healthy = bases.join(&id);
+    std::fs::create_dir(&healthy).unwrap();
+    let shared = test_home().join("bases").join(&id);
+    std::fs::copy(shared.join("manifest.json"), healthy.join("manifest.json")).unwrap();
+    let damaged_id = "0123456789abcdef01234567";
+    let damaged = bases.join(damaged_id);
+    std::fs::create_dir(&damaged).unwrap();
+    std::fs::write(damaged.join("manifest.json"), b"{\"format\": 3, \"id\"").unwrap();
+    let o = guestbox_in(home.path()).arg("ls").output().unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains(&id[..12]), "{out}");
+    assert!(
+        out.contains(&damaged_id[..12]) && out.contains("DAMAGED"),
+        "{out}"
+    );
+    assert!(
+        err.contains("manifest") && err.contains(&format!("guestbox rm {damaged_id}")),
+        "{err}"
+    );
+    let o = guestbox_in(home.path())
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r["id"] == id && r["damaged"].is_null()));
+    assert!(rows.iter().any(|r| r["id"] == damaged_id
+        && r["damaged"]
+            .as_str()
+            .is_some_and(|d| d.contains("manifest"))));
 }
 
 /// `guestbox images` in the empty home `home` with `TMPDIR` set to `tmpdir`, and the build

@@ -1,4 +1,6 @@
-//! One error type for the engine; the CLI maps it to exit codes.
+//! One error type for the engine; the CLI maps it to exit codes. Every variant that wraps a
+//! lower error keeps it as its source, and every message says what to do where there is
+//! something to do.
 
 use std::io;
 use std::path::PathBuf;
@@ -25,6 +27,13 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("{what} failed ({status}){}", if detail.is_empty() { String::new() } else { format!(":\n{detail}") })]
     Command {
         what: String,
@@ -32,7 +41,11 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("{vm} did not become ready within {seconds} s.\n  Last lines of its console ({log}):\n{tail}")]
+    /// The host's QEMU is not what guestbox needs.
+    #[error("QEMU at {}: {problem}", program.display())]
+    Qemu { program: PathBuf, problem: String },
+
+    #[error("{vm} did not become ready within {seconds} s.\n  Last lines of its console ({log}):\n{tail}", log = log.display())]
     BootTimeout {
         vm: String,
         seconds: u64,
@@ -41,7 +54,7 @@ pub enum Error {
     },
 
     #[error("{vm} stopped before it was ready ({status}).{}\n  Last lines of its console ({log}):\n{tail}",
-        if stderr.is_empty() { String::new() } else { format!("\n  QEMU said: {stderr}") })]
+        if stderr.is_empty() { String::new() } else { format!("\n  QEMU said: {stderr}") }, log = log.display())]
     VmExited {
         vm: String,
         status: String,
@@ -61,18 +74,98 @@ pub enum Error {
         tail: String,
     },
 
-    #[error("QEMU control (QMP) of {vm}: {source}")]
+    #[error("QEMU control (QMP) of the {vm} ({}): {source}", socket.display())]
     Qmp {
         vm: String,
+        /// The QMP socket's real path.
+        socket: PathBuf,
         #[source]
         source: qmp::QmpError,
     },
 
+    /// Reviving a VM from its snapshot failed: QEMU's words are kept.
+    #[error("reviving the {vm} failed: {source}{}", if qemu_said.is_empty() { String::new() } else { format!("\n  QEMU said: {qemu_said}") })]
+    Revive {
+        vm: String,
+        qemu_said: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The control channel to the controller's agent broke or carried garbage.
+    #[error("the control channel to the controller ({}): {source}", socket.display())]
+    Channel {
+        socket: PathBuf,
+        #[source]
+        source: link::proto::ProtoError,
+    },
+
+    /// The controller's agent reported a failure.
+    #[error("the controller: {message}\n  Last lines of its console ({}):\n{tail}", console.display())]
+    Controller {
+        message: String,
+        console: PathBuf,
+        tail: String,
+    },
+
+    /// The controller did not answer in time.
+    #[error("the controller did not finish {what} within {seconds} s.\n  Last lines of its console ({}):\n{tail}", console.display())]
+    ControllerTimeout {
+        what: &'static str,
+        seconds: u64,
+        console: PathBuf,
+        tail: String,
+    },
+
+    /// The filesystem under a run's overlays filled up: the guest's writes failed.
+    #[error("the filesystem holding {} ran out of space during the run, so the guest's disk writes failed and its results cannot be trusted; free space there (or set GUESTBOX_HOME to a larger filesystem) and run again", dir.display())]
+    HostDiskFull { dir: PathBuf },
+
+    /// A base's files do not match what it recorded.
+    #[error(
+        "base {id} is damaged: {problem}; remove it (`guestbox rm {id}`) and bootstrap it again"
+    )]
+    DamagedBase { id: String, problem: String },
+
+    /// An artifact in the image cache is not what it should be.
+    #[error("the cached artifact {}: {problem}; remove it (`guestbox gc` or delete the directory) and run again", path.display())]
+    DamagedArtifact { path: PathBuf, problem: String },
+
+    #[error("cannot reach the Debian mirror {mirror} to build images, and none are cached: {source}. Set GUESTBOX_DEBIAN_MIRROR to a reachable mirror")]
+    Mirror {
+        mirror: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A Debian package is not what guestbox expects of it.
+    #[error("the Debian package {package}: {problem}; check the mirror (GUESTBOX_DEBIAN_MIRROR) and run again")]
+    Package { package: String, problem: String },
+
+    /// A value that cannot be passed to the guest's shell (a NUL byte).
+    #[error("cannot pass this to the guest's shell: {0}")]
+    Quote(#[from] media::quote::QuoteError),
+
+    /// A Windows bootstrap stage cannot be run as asked.
+    #[error("the Windows {stage} stage: {problem}")]
+    Stage { stage: String, problem: String },
+
+    /// The Windows guest's bootstrap reported a failed step on COM1.
+    #[error("the Windows bootstrap failed at step {step:?} (COM1 is kept in {}):\n{tail}", console.display())]
+    WindowsBootstrap {
+        step: String,
+        console: PathBuf,
+        tail: String,
+    },
+
+    #[error("the Windows install media: {0}")]
+    Media(#[from] media::windows::Error),
+
+    #[error("building the initramfs: {0}")]
+    Cpio(#[from] media::cpio::CpioError),
+
     #[error("interrupted")]
     Interrupted,
-
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {
@@ -80,7 +173,7 @@ impl Error {
     /// so that they never collide with the common exit codes of a job's command.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::MissingProgram { .. } => 2,
+            Error::Usage(_) | Error::MissingProgram { .. } | Error::Quote(_) => 2,
             Error::Interrupted => 130,
             _ => 125,
         }
@@ -95,6 +188,15 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
         self.map_err(|source| Error::Io {
+            context: context().into(),
+            source,
+        })
+    }
+}
+
+impl<T> IoContext<T> for serde_json::Result<T> {
+    fn ctx<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|source| Error::Json {
             context: context().into(),
             source,
         })

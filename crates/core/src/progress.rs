@@ -1,98 +1,106 @@
-//! Progress reporting for long steps (image builds, bootstrap). Quiet mode prints nothing;
-//! otherwise a spinner per step on a terminal, plain lines when stderr is not a terminal.
+//! Progress of long steps (image builds, bootstrap), reported to whoever drives the
+//! library: the library itself prints nothing. The CLI draws spinners or plain lines;
+//! tests and front-ends stay quiet or log.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Quiet,
-    Normal,
+/// What a front-end shows of progress.
+pub trait Reporter: Send + Sync {
+    /// A step starts; what it returns hears of it until it ends.
+    fn start(&self, message: &str) -> Box<dyn StepReporter>;
+    /// A line of its own (a fallback taken, a base found ready).
+    fn note(&self, message: &str);
 }
 
-#[derive(Debug, Clone, Copy)]
+/// One step's view in the front-end.
+pub trait StepReporter: Send {
+    /// The detail next to the step changed (e.g. the package being unpacked).
+    fn detail(&self, detail: &str);
+    /// The step finished after `seconds`.
+    fn done(&self, seconds: f64);
+    /// The step ended without finishing (an error, an interrupt).
+    fn abandoned(&self) {}
+}
+
+/// A handle on the front-end's reporter; cheap to clone.
+#[derive(Clone)]
 pub struct Progress {
-    mode: Mode,
+    reporter: Option<Arc<dyn Reporter>>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.reporter.is_some() {
+            "Progress"
+        } else {
+            "Progress(quiet)"
+        })
+    }
 }
 
 impl Progress {
-    pub fn new(mode: Mode) -> Self {
-        Self { mode }
+    pub fn new(reporter: Arc<dyn Reporter>) -> Self {
+        Self {
+            reporter: Some(reporter),
+        }
     }
 
+    /// Reports nothing (but logs, as every step does).
     pub fn quiet() -> Self {
-        Self::new(Mode::Quiet)
+        Self { reporter: None }
     }
 
-    /// Starts a step; finish it with [`Step::done`]. Dropped unfinished, it reports nothing.
+    /// Starts a step; finish it with [`Step::done`]. Dropped unfinished, it is abandoned.
     pub fn step(&self, message: impl Into<String>) -> Step {
         let message = message.into();
         tracing::info!("{message}");
-        let bar = match self.mode {
-            Mode::Quiet => None,
-            Mode::Normal => {
-                let bar = ProgressBar::new_spinner();
-                bar.set_draw_target(ProgressDrawTarget::stderr());
-                if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-                    bar.set_style(style);
-                }
-                bar.set_message(message.clone());
-                if bar.is_hidden() {
-                    eprintln!("guestbox: {message} ...");
-                } else {
-                    bar.enable_steady_tick(Duration::from_millis(120));
-                }
-                Some(bar)
-            }
-        };
         Step {
-            bar,
+            view: self.reporter.as_ref().map(|r| r.start(&message)),
             message,
             started: Instant::now(),
+            finished: false,
         }
     }
 
     pub fn note(&self, message: &str) {
         tracing::info!("{message}");
-        if self.mode == Mode::Normal {
-            eprintln!("guestbox: {message}");
+        if let Some(r) = &self.reporter {
+            r.note(message);
         }
     }
 }
 
 pub struct Step {
-    bar: Option<ProgressBar>,
+    view: Option<Box<dyn StepReporter>>,
     message: String,
     started: Instant,
+    finished: bool,
 }
 
 impl Step {
-    /// Updates the detail shown next to the step (e.g. the package being unpacked).
+    /// Updates the detail shown next to the step.
     pub fn detail(&self, detail: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("{}: {detail}", self.message));
+        if let Some(v) = &self.view {
+            v.detail(detail);
         }
     }
 
-    pub fn done(self) {
+    pub fn done(mut self) {
         let secs = self.started.elapsed().as_secs_f64();
         tracing::info!("{} done in {secs:.1} s", self.message);
-        if let Some(bar) = &self.bar {
-            if bar.is_hidden() {
-                eprintln!("guestbox: {} done ({secs:.1} s)", self.message);
-            } else {
-                bar.finish_with_message(format!("{} ({secs:.1} s)", self.message));
-            }
+        self.finished = true;
+        if let Some(v) = &self.view {
+            v.done(secs);
         }
     }
 }
 
 impl Drop for Step {
     fn drop(&mut self) {
-        if let Some(bar) = &self.bar {
-            if !bar.is_finished() {
-                bar.finish_and_clear();
+        if !self.finished {
+            if let Some(v) = &self.view {
+                v.abandoned();
             }
         }
     }

@@ -6,9 +6,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use guestbox::accel::AccelChoice;
 use guestbox::bootstrap::{bootstrap, BootstrapOptions};
 use guestbox::images::GuestRecipe;
+use guestbox::machine::accel::AccelChoice;
 use guestbox::profile::Profile;
 use guestbox::progress::Progress;
 use guestbox::store::{files, Store};
@@ -99,14 +99,12 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
     let running = tokio::spawn(async move {
         let mut out = Vec::new();
         let mut err = Vec::new();
-        guestbox::run::run(
-            &store2,
-            &base,
-            &common::cmd(&["sleep", "4"]),
-            &mut out,
-            &mut err,
-        )
-        .await
+        let mut streams = guestbox::run::Streams {
+            stdin: None,
+            stdout: &mut out,
+            stderr: &mut err,
+        };
+        guestbox::run::run(&store2, &base, &common::cmd(&["sleep", "4"]), &mut streams).await
     });
     // Once its guest QEMU (the only one with 768 MiB) runs, the run holds the base.
     let started = std::time::Instant::now();
@@ -230,5 +228,5 @@ fn verify_finds_a_flipped_byte_in_a_copy_of_a_base() {
             .any(|p| p.contains("vmlinuz") && p.contains("100 bytes")),
         "{problems:?}"
     );
-    guestbox::store::make_writable(&dest);
+    guestbox::host::fs::make_writable(&dest);
 }

@@ -24,7 +24,7 @@ fn copy_base(own: &str) -> Copy {
     let base = common::base();
     // Beside the test home, so hard links work (same filesystem).
     let home = tempfile::tempdir_in(common::test_home()).unwrap();
-    let dirs = guestbox::paths::Dirs::under(home.path().to_path_buf());
+    let dirs = guestbox::host::Dirs::under(home.path().to_path_buf());
     let store = Store::new(&dirs);
     let dest = store.base_dir(&base.manifest.id);
     std::fs::create_dir_all(&dest).unwrap();
@@ -114,7 +114,12 @@ async fn in_new_run<T>(store: &Store, before: &[PathBuf], found: impl Fn(&Path) 
 async fn revive_error(store: &Store, base: &Base) -> guestbox::Error {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    match guestbox::run::run(store, base, &cmd(&["true"]), &mut out, &mut err).await {
+    let mut streams = guestbox::run::Streams {
+        stdin: None,
+        stdout: &mut out,
+        stderr: &mut err,
+    };
+    match guestbox::run::run(store, base, &cmd(&["true"]), &mut streams).await {
         Ok(o) => panic!("a damaged base revived (exit {})", o.exit_code),
         Err(e) => e,
     }
@@ -261,7 +266,7 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
     // runs; the guest QEMU (not qemu-img, which names the overlay too) is in the same run.
     let xchg = tempfile::tempdir().unwrap();
     let mut o = cmd(&["sleep", "300"]);
-    o.xchg = Some(xchg.path().to_path_buf());
+    o.session.xchg = Some(xchg.path().to_path_buf());
     let job = tokio::spawn(run(o));
     let pid = in_new_run(&store, &before, |d| {
         let with_xchg = common::pids_matching(&xchg.path().to_string_lossy());
@@ -347,10 +352,10 @@ async fn a_symlink_out_of_a_share_does_not_reach_host_files() {
            echo \"$f: $(cat /work/$f 2>&1 | head -c 60)\"; done";
     let plant = format!("ln -s /etc /work/guest-made 2>&1; ln -s / /work/root 2>&1; {READ}");
     let mut o = cmd(&["sh", "-c", &plant]);
-    o.volumes = vec![volume.clone()];
+    o.session.volumes = vec![volume.clone()];
     let first = run(o).await.unwrap();
     let mut o = cmd(&["sh", "-c", READ]);
-    o.volumes = vec![volume];
+    o.session.volumes = vec![volume];
     let second = run(o).await.unwrap();
     let host_name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     for out in [&first.stdout, &second.stdout] {
@@ -375,7 +380,7 @@ async fn the_guest_sees_only_its_own_run() {
     let a = tempfile::tempdir().unwrap();
     std::fs::write(a.path().join("a-only"), "RUN-A-SECRET").unwrap();
     let mut oa = cmd(&["sh", "-c", "sleep 8; cat /in/a-only"]);
-    oa.volumes = vec![Volume {
+    oa.session.volumes = vec![Volume {
         host: a.path().to_path_buf(),
         guest: "/in".into(),
         readonly: true,
@@ -387,7 +392,7 @@ async fn the_guest_sees_only_its_own_run() {
          cat /proc/mounts; ls /dev | grep -c '^vd'",
     ]);
     let b = tempfile::tempdir().unwrap();
-    ob.volumes = vec![Volume {
+    ob.session.volumes = vec![Volume {
         host: b.path().to_path_buf(),
         guest: "/in".into(),
         readonly: false,
@@ -491,7 +496,7 @@ async fn eight_parallel_runs_from_one_base_each_get_their_own_outputs() {
                 1000 + i
             ),
         ]);
-        o.volumes = vec![Volume {
+        o.session.volumes = vec![Volume {
             host: d.path().to_path_buf(),
             guest: "/out".into(),
             readonly: false,
@@ -567,14 +572,14 @@ async fn a_full_disk_during_bootstrap_registers_nothing_and_gives_space_back() {
     let fs = TinyFs::new(96);
     // The image cache stays where it is; the base is made on the tiny filesystem.
     std::os::unix::fs::symlink(common::dirs().cache, fs.path().join("cache")).unwrap();
-    let dirs = guestbox::paths::Dirs::under(fs.path().to_path_buf());
+    let dirs = guestbox::host::Dirs::under(fs.path().to_path_buf());
     let used_before = fs.used_kib();
     let opts = guestbox::bootstrap::BootstrapOptions {
         profile: guestbox::profile::Profile::Debian(guestbox::images::GuestRecipe::new(vec![])),
         name: Some("full".into()),
         memory_mib: 1024,
         cpus: 1,
-        accel: guestbox::accel::AccelChoice::Tcg,
+        accel: guestbox::machine::accel::AccelChoice::Tcg,
         timeout: Duration::from_secs(300),
     };
     let e = guestbox::bootstrap::bootstrap(&dirs, &opts, &guestbox::progress::Progress::quiet())
@@ -599,37 +604,38 @@ async fn a_full_disk_during_bootstrap_registers_nothing_and_gives_space_back() {
     );
 }
 
-#[tokio::test]
-async fn a_full_disk_during_a_run_is_a_clear_error_and_gives_space_back() {
+/// A run whose overlays fill the host filesystem: a clear error, exit 125, nothing left.
+/// `cold`: the pair cold-boots instead of reviving (QMP is connected on that path too, so
+/// QEMU's I/O error events are seen).
+async fn full_disk_during_a_run(cold: bool) {
     let base = common::base();
     let fs = TinyFs::new(48);
     // Bases from the shared store; the run's overlays on the tiny filesystem.
     std::fs::create_dir(fs.path().join("runs")).unwrap();
     let store = Store {
-        bases: common::store().bases,
         runs: fs.path().join("runs"),
+        ..common::store()
     };
     let used_before = fs.used_kib();
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let e = guestbox::run::run(
-        &store,
-        base,
-        &guestbox::run::RunOptions {
-            timeout: Some(Duration::from_secs(180)),
-            ..cmd(&[
-                "sh",
-                "-c",
-                "dd if=/dev/urandom of=/big bs=1M count=120 conv=fsync",
-            ])
-        },
-        &mut out,
-        &mut err,
-    )
-    .await
-    .expect_err("writing 120 MiB cannot fit in 48");
+    let mut o = cmd(&[
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/big bs=1M count=120 conv=fsync",
+    ]);
+    o.command.timeout = Some(Duration::from_secs(180));
+    o.session.cold = cold;
+    let mut streams = guestbox::run::Streams {
+        stdin: None,
+        stdout: &mut out,
+        stderr: &mut err,
+    };
+    let e = guestbox::run::run(&store, base, &o, &mut streams)
+        .await
+        .expect_err("writing 120 MiB cannot fit in 48");
     let msg = e.to_string();
-    assert!(msg.contains("ran out of space"), "{msg}");
+    assert!(msg.contains("ran out of space"), "cold {cold}: {msg}");
     assert_eq!(e.exit_code(), 125);
     assert!(run_dirs(&store).is_empty(), "{:?}", run_dirs(&store));
     assert!(
@@ -637,4 +643,14 @@ async fn a_full_disk_during_a_run_is_a_clear_error_and_gives_space_back() {
         "space not given back: {} KiB used",
         fs.used_kib()
     );
+}
+
+#[tokio::test]
+async fn a_full_disk_during_a_run_is_a_clear_error_and_gives_space_back() {
+    full_disk_during_a_run(false).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_during_a_cold_run_is_reported_too() {
+    full_disk_during_a_run(true).await;
 }

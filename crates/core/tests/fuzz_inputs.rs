@@ -1,19 +1,17 @@
 //! Input fuzzing (issue #6) of what guestbox reads from outside, without a VM: property
-//! tests of `-v HOST:GUEST[:ro]` (`Volume`), `-e NAME=VALUE` (`parse_env`), base names
-//! given on the command line (`Store::resolve`) and base manifests (`Store::load`).
+//! tests of base names given on the command line (`Store::resolve`) and base manifests
+//! (`Store::load`). (`-v` and `-e` are parsed, and fuzzed, in the CLI.)
 //!
 //! - Nothing panics, whatever the input.
-//! - A rejected `-v`/`-e`/base is `Error::Usage` (exit code 2) and its message names the
-//!   input; a rejected manifest is an error naming the manifest file.
-//! - What is accepted is sane (a volume's guest path is absolute, an env name is a shell
-//!   name, a loaded manifest is its directory's), and generated valid inputs give exactly
-//!   what they say.
+//! - A rejected base is `Error::Usage` (exit code 2) and its message names the input; a
+//!   rejected manifest is an error naming the manifest file.
+//! - What is accepted is sane (a loaded manifest is its directory's), and generated valid
+//!   inputs give exactly what they say.
 
 use std::fs;
 use std::path::Path;
 
-use guestbox::paths::Dirs;
-use guestbox::run::{parse_env, Volume};
+use guestbox::host::Dirs;
 use guestbox::store::{Manifest, Store, MANIFEST};
 use guestbox::Error;
 use proptest::prelude::*;
@@ -50,93 +48,6 @@ fn alphabet_text(alphabet: &'static [&'static str], max: usize) -> impl Strategy
 
 fn is_usage(e: &Error) -> bool {
     matches!(e, Error::Usage(_)) && e.exit_code() == 2
-}
-
-// ---------------------------------------------------------------------------------------
-// -v HOST:GUEST[:ro]
-
-fn check_volume(s: &str) -> Result<Option<Volume>, TestCaseError> {
-    match s.parse::<Volume>() {
-        Err(e) => {
-            let msg = e.to_string();
-            prop_assert!(is_usage(&e), "-v {s:?}: not a usage error (exit 2): {e:?}");
-            prop_assert!(msg.contains(&format!("{s:?}")), "-v {s:?}: {msg}");
-            Ok(None)
-        }
-        Ok(v) => {
-            let host = v.host.to_str().expect("host came from a str");
-            prop_assert!(!host.is_empty(), "-v {s:?}: {v:?}");
-            prop_assert!(v.guest.starts_with('/'), "-v {s:?}: {v:?}");
-            prop_assert!(
-                !v.guest.contains(['\0', '\n', ':']) && !v.guest.split('/').any(|c| c == ".."),
-                "-v {s:?}: {v:?}"
-            );
-            // The spec is exactly HOST:GUEST, HOST:GUEST:ro or HOST:GUEST:rw.
-            let plain = format!("{host}:{}", v.guest);
-            let forms = if v.readonly {
-                vec![format!("{plain}:ro")]
-            } else {
-                vec![plain.clone(), format!("{plain}:rw")]
-            };
-            prop_assert!(forms.contains(&s.to_owned()), "-v {s:?}: {v:?}");
-            Ok(Some(v))
-        }
-    }
-}
-
-fn guest_path() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![
-            "[^/:\\x00\\n]{0,8}",
-            Just(".".to_owned()),
-            Just(String::new()),
-            Just("...".to_owned()),
-        ],
-        0..5,
-    )
-    .prop_map(|components| format!("/{}", components.join("/")))
-    .prop_filter("no '..' component", |g| !g.split('/').any(|c| c == ".."))
-}
-
-fn mode() -> impl Strategy<Value = (&'static str, bool)> {
-    select(vec![("", false), (":ro", true), (":rw", false)])
-}
-
-// ---------------------------------------------------------------------------------------
-// -e NAME=VALUE
-
-fn shell_name(k: &str) -> bool {
-    let mut chars = k.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn check_env(s: &str) -> Result<Option<(String, String)>, TestCaseError> {
-    match parse_env(s) {
-        Err(e) => {
-            let msg = e.to_string();
-            prop_assert!(is_usage(&e), "-e {s:?}: not a usage error (exit 2): {e:?}");
-            prop_assert!(!msg.trim().is_empty());
-            // The input, or (for a NUL in the value, which no terminal shows) its name.
-            let name = s.split_once('=').map(|(k, _)| k).unwrap_or(s);
-            prop_assert!(
-                msg.contains(&format!("{s:?}")) || (s.contains('\0') && msg.contains(name)),
-                "-e {s:?}: {msg}"
-            );
-            Ok(None)
-        }
-        Ok((k, v)) => {
-            prop_assert!(shell_name(&k), "-e {s:?}: name {k:?}");
-            prop_assert!(
-                !k.contains('=') && !v.contains('\0'),
-                "-e {s:?}: {k:?}={v:?}"
-            );
-            prop_assert_eq!(format!("{k}={v}"), s);
-            Ok(Some((k, v)))
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -424,7 +335,7 @@ fn load_manifest(store: &Store, id: &str, bytes: &[u8]) -> Result<Option<Manifes
             prop_assert_eq!(&m.id, id, "loaded a manifest of another base");
             prop_assert!(m.id.is_char_boundary(12.min(m.id.len())));
             // What a run does first with a base: must not panic, whatever the manifest.
-            if let Err(e) = guestbox::run::check_agent(&base) {
+            if let Err(e) = guestbox::run::compat::check_agent(&base) {
                 prop_assert!(is_usage(&e), "{e:?}");
             }
             Ok(Some(base.manifest))
@@ -456,85 +367,6 @@ fn reseal(v: Value) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------
-
-proptest! {
-    #![proptest_config(config(3000))]
-
-    #[test]
-    fn volume_arbitrary_text(s in text(60)) {
-        check_volume(&s)?;
-    }
-
-    #[test]
-    fn volume_volume_like_text(
-        s in alphabet_text(&[":", ":", "/", "/", ".", "..", "ro", "rw", ":ro", "a", "\0", "\n", " ", "é"], 16),
-    ) {
-        check_volume(&s)?;
-    }
-
-    #[test]
-    fn volume_valid_specs_parse_to_what_they_say(
-        host in text(20).prop_filter("non-empty", |h| !h.is_empty()),
-        guest in guest_path(),
-        (suffix, readonly) in mode(),
-    ) {
-        let s = format!("{host}:{guest}{suffix}");
-        let v = check_volume(&s)?.ok_or_else(|| TestCaseError::fail(format!("-v {s:?} refused: {:?}", s.parse::<Volume>())))?;
-        prop_assert_eq!(v, Volume { host: host.into(), guest, readonly });
-    }
-
-    #[test]
-    fn volume_bad_guest_paths_are_refused(
-        host in "[a-z/.]{1,10}",
-        guest in prop_oneof![
-            "[^/:\\x00\\n][^:\\x00\\n]{0,10}",                                    // relative
-            (guest_path(), guest_path()).prop_map(|(a, b)| format!("{a}/..{b}")), // ..
-            (guest_path(), select(vec!["\0", "\n"]), "[a-z]{0,4}").prop_map(|(a, c, b)| format!("{a}{c}{b}")),
-            Just(String::new()),
-        ],
-        (suffix, _) in mode(),
-    ) {
-        let s = format!("{host}:{guest}{suffix}");
-        prop_assert!(check_volume(&s)?.is_none(), "-v {:?} accepted", s);
-    }
-
-    #[test]
-    fn env_arbitrary_text(s in text(60)) {
-        check_env(&s)?;
-    }
-
-    #[test]
-    fn env_env_like_text(s in alphabet_text(&["=", "=", "A", "z", "_", "0", "9", "-", " ", "\0", "é", "$"], 12)) {
-        check_env(&s)?;
-    }
-
-    #[test]
-    fn env_valid_assignments_parse_to_what_they_say(
-        k in "[A-Za-z_][A-Za-z0-9_]{0,15}",
-        v in text(40).prop_map(|v| v.replace('\0', "")),
-    ) {
-        let s = format!("{k}={v}");
-        prop_assert_eq!(check_env(&s)?, Some((k, v)));
-    }
-
-    #[test]
-    fn env_bad_names_are_refused(
-        k in text(12).prop_filter("not a shell name", |k| !shell_name(k) && !k.contains('=')),
-        v in text(12),
-    ) {
-        let s = format!("{k}={v}");
-        prop_assert!(check_env(&s)?.is_none(), "-e {:?} accepted", s);
-    }
-
-    #[test]
-    fn env_nul_in_values_is_refused(
-        k in "[A-Za-z_][A-Za-z0-9_]{0,15}",
-        (a, b) in (text(12), text(12)),
-    ) {
-        let s = format!("{k}={a}\0{b}");
-        prop_assert!(check_env(&s)?.is_none(), "-e {:?} accepted", s);
-    }
-}
 
 proptest! {
     // Each case writes and loads a manifest file: fewer cases.

@@ -2,7 +2,9 @@
 
 use std::fs;
 
-use guestbox::paths::Dirs;
+use guestbox::host::Dirs;
+use guestbox::images::cache::write_inputs;
+use guestbox::images::Provenance;
 
 #[test]
 fn gc_removes_leftovers_and_keeps_what_is_in_use() {
@@ -52,43 +54,65 @@ fn gc_removes_leftovers_and_keeps_what_is_in_use() {
     .unwrap();
     fs::write(&pointer, "current-index\n").unwrap();
     fs::write(images.join("index-0ld0ld.txt"), "older-index\n").unwrap();
-    let image = |name: &str, inputs: serde_json::Value| {
+    // Each image's inputs are written as the builders write them: their provenance,
+    // flattened among inputs of their own, by the cache's own writer.
+    let image = |name: &str, provenance: Provenance| {
         let d = images.join(name);
         fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("inputs.json"), inputs.to_string()).unwrap();
+        #[derive(serde::Serialize)]
+        struct Inputs {
+            #[serde(flatten)]
+            provenance: Provenance,
+            role: &'static str,
+        }
+        write_inputs(
+            &d,
+            &Inputs {
+                provenance,
+                role: "test",
+            },
+        )
+        .unwrap();
         d
     };
     let recipe = guestbox::images::RECIPE_VERSION;
-    let old_recipe = image(
-        "kernel-old",
-        serde_json::json!({"recipe": 0, "source": {"index": "current-index"}}),
+    let from = |recipe: u32, index: Option<&str>, kernel: Option<&str>| Provenance {
+        recipe,
+        index: index.map(String::from),
+        kernel: kernel.map(String::from),
+        agent: None,
+    };
+    let old_recipe = image("kernel-old", from(0, Some("current-index"), None));
+    let old_index = image("guest-old", from(recipe, Some("older-index"), None));
+    let current = image("kernel-new", from(recipe, Some("current-index"), None));
+    let orphan = image("initrd-guest-x", from(recipe, None, Some("kernel-old")));
+    let kept_initrd = image("initrd-guest-y", from(recipe, None, Some("kernel-new")));
+    let other_agent = image(
+        "initrd-controller-z",
+        Provenance {
+            agent: Some("an-older-agent".into()),
+            ..from(recipe, None, Some("kernel-new"))
+        },
     );
-    let old_index = image(
-        "guest-old",
-        serde_json::json!({"recipe": recipe, "source": {"index": "older-index"}}),
-    );
-    let current = image(
-        "kernel-new",
-        serde_json::json!({"recipe": recipe, "source": {"index": "current-index"}}),
-    );
-    let orphan = image(
-        "initrd-guest-x",
-        serde_json::json!({"recipe": recipe, "kernel": "kernel-old"}),
-    );
-    let kept_initrd = image(
-        "initrd-guest-y",
-        serde_json::json!({"recipe": recipe, "kernel": "kernel-new"}),
-    );
+    // Lock files nobody holds (left by a builder killed at the wrong moment) go; a held
+    // one stays.
+    let stray_locks = [bases.join(".ffff.lock"), images.join(".kernel-gggg.lock")];
+    for l in &stray_locks {
+        fs::write(l, b"").unwrap();
+    }
 
-    let report = guestbox::gc::collect(&dirs).unwrap();
-    for gone in [&old_recipe, &old_index, &orphan] {
+    let report = guestbox::store::gc::collect(&dirs).unwrap();
+    for gone in [&old_recipe, &old_index, &orphan, &other_agent] {
         assert!(!gone.exists(), "stale image {} survived gc", gone.display());
     }
     assert!(
         current.exists() && kept_initrd.exists(),
         "gc removed current images"
     );
-    for gone in [&dead_base, &dead_image, &dead_rm, &dead_run] {
+    for gone in stray_locks
+        .iter()
+        .chain([&dead_base, &dead_image, &dead_rm, &dead_run])
+    {
         assert!(!gone.exists(), "{} survived gc", gone.display());
     }
     for kept in [&busy_base, &live_run, &real_base] {
@@ -98,7 +122,11 @@ fn gc_removes_leftovers_and_keeps_what_is_in_use() {
             kept.display()
         );
     }
-    assert_eq!(report.removed.len(), 7, "{:?}", report.removed);
+    assert!(
+        bases.join(".dddd.lock").exists(),
+        "gc removed a lock file in use"
+    );
+    assert_eq!(report.removed.len(), 10, "{:?}", report.removed);
     assert!(report.bytes >= 30_000, "{} bytes", report.bytes);
     drop((builder_lock, run_lock));
 }

@@ -4,17 +4,19 @@ mod common;
 
 use std::time::Duration;
 
-use guestbox::accel::Accel;
-use guestbox::boot::Vm;
-use guestbox::boot_image::{self, create_overlay, kernel_append, Which};
-use guestbox::images::initramfs::FAILED_MARKER;
-use guestbox::vm::{Boot, DiskFormat, Drive, DriveInterface, Memory, Rtc, VmSpec};
+use guestbox::health::{self, Which};
+use guestbox::images::kernel_append;
+use guestbox::machine::overlay::create as create_overlay;
+use guestbox::machine::spec::{Boot, DiskFormat, Drive, DriveInterface, Memory, Rtc, VmSpec};
+use guestbox::machine::Accel;
+use guestbox::machine::Vm;
 use guestbox::Error;
+use link::markers::BOOT_FAILED;
 
 #[tokio::test]
 async fn guest_image_boots_to_sshd_ready() {
     let images = common::images();
-    let report = boot_image::boot_to_ready(
+    let report = health::boot_to_ready(
         &common::qemu(),
         images,
         Which::Guest,
@@ -33,7 +35,7 @@ async fn guest_image_boots_to_sshd_ready() {
 async fn controller_image_boots_and_its_agent_answers_then_powers_off() {
     let images = common::images();
     // boot_to_ready pings the agent and requires QEMU to exit 0 after the agent's poweroff.
-    let report = boot_image::boot_to_ready(
+    let report = health::boot_to_ready(
         &common::qemu(),
         images,
         Which::Controller,
@@ -45,7 +47,10 @@ async fn controller_image_boots_and_its_agent_answers_then_powers_off() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let console = std::fs::read_to_string(&report.console_log).unwrap();
-    assert!(console.contains(agent::READY_MARKER), "{console}");
+    assert!(
+        console.contains(link::markers::CONTROLLER_READY),
+        "{console}"
+    );
     assert!(console.contains("Power down"), "{console}");
 }
 
@@ -98,7 +103,7 @@ async fn broken_root_disk_init_fails_fast_with_the_console_tail() {
         .unwrap_err();
     match &err {
         Error::VmExited { tail, .. } => {
-            assert!(tail.contains(FAILED_MARKER), "{tail}");
+            assert!(tail.contains(BOOT_FAILED), "{tail}");
             assert!(tail.contains("/no/such/init"), "{tail}");
         }
         other => panic!("expected VmExited, got {other}"),
@@ -147,7 +152,7 @@ async fn the_image_is_never_written_by_a_boot() {
     let images = common::images();
     let before = std::fs::read(&images.guest.disk).unwrap();
     let before = blake3::hash(&before);
-    boot_image::boot_to_ready(
+    health::boot_to_ready(
         &common::qemu(),
         images,
         Which::Guest,

@@ -44,8 +44,8 @@ async fn env_workdir_and_arguments_arrive_intact() {
         "it's a $test",
         "*",
     ]);
-    o.env = vec![("GREETING".into(), "hello world; $(rm -rf /)".into())];
-    o.workdir = Some("/usr/share".into());
+    o.command.env = vec![("GREETING".into(), "hello world; $(rm -rf /)".into())];
+    o.command.workdir = Some("/usr/share".into());
     let r = run(o).await.unwrap();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
@@ -65,7 +65,7 @@ async fn shares_bring_inputs_in_and_outputs_out_and_read_only_refuses_writes() {
         "cat /src/input.txt; tr a-z A-Z < /src/input.txt > /out/result.txt; mkdir -p /out/sub; echo deep > /out/sub/f; \
          if touch /src/forbidden 2>/dev/null; then echo WROTE-RO; exit 3; fi",
     ]);
-    o.volumes = vec![
+    o.session.volumes = vec![
         Volume {
             host: src.path().into(),
             guest: "/src".into(),
@@ -78,7 +78,7 @@ async fn shares_bring_inputs_in_and_outputs_out_and_read_only_refuses_writes() {
         },
     ];
     let xchg = tempfile::tempdir().unwrap();
-    o.xchg = Some(xchg.path().into());
+    o.session.xchg = Some(xchg.path().into());
     let r = run(o).await.unwrap();
     assert_eq!(r.code, 0, "stdout {} stderr {}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "from the host\n");
@@ -100,7 +100,7 @@ async fn shares_bring_inputs_in_and_outputs_out_and_read_only_refuses_writes() {
 #[tokio::test]
 async fn timeout_stops_the_run_with_124() {
     let mut o = cmd(&["sleep", "600"]);
-    o.timeout = Some(Duration::from_secs(3));
+    o.command.timeout = Some(Duration::from_secs(3));
     let started = std::time::Instant::now();
     let r = run(o).await.unwrap();
     assert_eq!(r.code, 124);
@@ -122,7 +122,7 @@ async fn guest_clock_is_host_time_unless_kept() {
     let guest: i64 = r.stdout.trim().parse().unwrap();
     assert!((guest - now).abs() < 60, "guest {guest} host {now}");
     let mut o = cmd(&["date", "+%Y"]);
-    o.keep_snapshot_time = true;
+    o.command.keep_snapshot_time = true;
     let r = run(o).await.unwrap();
     // The snapshot's clock started at the fixed RTC base (2010) at the guest's cold boot.
     assert_eq!(r.stdout.trim(), "2010");
@@ -181,7 +181,7 @@ async fn two_runs_in_parallel_from_one_base_do_not_mix() {
             "-c",
             &format!("echo {word} > /out/who; sleep 1; cat /out/who"),
         ]);
-        o.volumes = vec![Volume {
+        o.session.volumes = vec![Volume {
             host: dir.into(),
             guest: "/out".into(),
             readonly: false,
@@ -241,14 +241,14 @@ async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
     let mut base = common::base().clone();
     base.manifest.qemu_version = (1, 2, 3);
     let qemu = common::qemu();
-    let err = guestbox::run::check_compatible(&base, &qemu)
+    let err = guestbox::run::compat::check_compatible(&common::store(), &base, &qemu)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("QEMU 1.2.3"), "{err}");
     let mut base = common::base().clone();
     base.manifest.agent = "an older agent".into();
-    let err = guestbox::run::check_compatible(&base, &qemu)
+    let err = guestbox::run::compat::check_compatible(&common::store(), &base, &qemu)
         .await
         .unwrap_err();
     assert!(
@@ -257,7 +257,7 @@ async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
     );
     let mut base = common::base().clone();
     base.manifest.pair.machine = "pc-q35-0.1".into();
-    let err = guestbox::run::check_compatible(&base, &qemu)
+    let err = guestbox::run::compat::check_compatible(&common::store(), &base, &qemu)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("pc-q35-0.1"), "{err}");
@@ -267,7 +267,7 @@ async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
         .get_mut(files::GUEST_STATE)
         .unwrap()
         .size += 1;
-    let err = guestbox::run::check_compatible(&base, &qemu)
+    let err = guestbox::run::compat::check_compatible(&common::store(), &base, &qemu)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("guest.state"), "{err}");
@@ -276,7 +276,7 @@ async fn a_base_from_another_qemu_is_refused_before_qemu_starts() {
 #[tokio::test]
 async fn bad_volumes_are_refused_clearly() {
     let mut o: RunOptions = cmd(&["true"]);
-    o.volumes = vec![Volume {
+    o.session.volumes = vec![Volume {
         host: "/no/such/dir".into(),
         guest: "/x".into(),
         readonly: false,
@@ -288,14 +288,14 @@ async fn bad_volumes_are_refused_clearly() {
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("/no/such/dir"), "{err}");
     let mut o = cmd(&["true"]);
-    o.workdir = Some("relative".into());
+    o.command.workdir = Some("relative".into());
     assert_eq!(run(o).await.err().expect("relative workdir").exit_code(), 2);
 }
 
 #[tokio::test]
 async fn cold_boot_of_the_base_runs_the_same_way() {
     let mut o = cmd(&["sh", "-c", "echo cold; exit 5"]);
-    o.cold = true;
+    o.session.cold = true;
     let r = run(o).await.unwrap();
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert_eq!(r.stdout, "cold\n");
@@ -311,16 +311,14 @@ async fn stdin_is_forwarded_when_asked_and_empty_otherwise() {
     let mut input: &[u8] = b"alpha\nbeta gamma\n";
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let outcome = guestbox::run::run_with_stdin(
-        &common::store(),
-        common::base(),
-        &o,
-        Some(&mut input),
-        &mut out,
-        &mut err,
-    )
-    .await
-    .unwrap();
+    let mut streams = guestbox::run::Streams {
+        stdin: Some(&mut input),
+        stdout: &mut out,
+        stderr: &mut err,
+    };
+    let outcome = guestbox::run::run(&common::store(), common::base(), &o, &mut streams)
+        .await
+        .unwrap();
     assert_eq!(outcome.exit_code, 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(
         String::from_utf8_lossy(&out),

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guestbox::accel::Accel;
-use guestbox::profile::{GuestJob, GuestMount};
-use guestbox::vm::{Boot, DriveInterface, Memory, NicModel};
-use guestbox::windows::{
+use guestbox::machine::spec::{Boot, DriveInterface, Memory, NicModel};
+use guestbox::machine::Accel;
+use guestbox::profile::windows::{
     self, command_lines, emit, run_script, run_spec, stage_specs, Hardware, StageEnd, WindowsPaths,
     HYPERV_FLAGS, STAGE_FIRST_BOOT, STAGE_INSTALL,
 };
+use guestbox::profile::{GuestJob, GuestMount};
 use guestbox::Error;
 use media::cygwin::{CygwinArch, CygwinMirror};
 use media::windows::{
@@ -47,7 +47,7 @@ fn uefi_tpm() -> WindowsSettings {
 
 /// The path of `name`, or a failing test naming the package to install.
 fn tool(name: &str, package: &str) -> PathBuf {
-    guestbox::hostcheck::find(name).unwrap_or_else(|| {
+    guestbox::host::programs::find(name).unwrap_or_else(|| {
         panic!("the test needs `{name}`, which is not installed: apt-get install {package}")
     })
 }

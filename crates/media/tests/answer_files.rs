@@ -80,7 +80,8 @@ fn autounattend_bios_is_well_formed_and_complete() {
 
     // Static address on the NIC named by its MAC; no DHCP, no gateway.
     assert_eq!(value(&f, "Interface/Ipv4Settings/DhcpEnabled"), ["false"]);
-    assert_eq!(value(&f, "Interface/Identifier"), ["52-54-00-12-34-56"]);
+    // The guest VM's MAC on the private link (the one every profile's guest NIC has).
+    assert_eq!(value(&f, "Interface/Identifier"), ["52-54-00-00-00-01"]);
     assert_eq!(
         value(&f, "UnicastIpAddresses/IpAddress"),
         ["192.168.0.1/24"]

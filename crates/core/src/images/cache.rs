@@ -5,12 +5,13 @@
 //! so a failed or interrupted build registers nothing. A lock file per key makes concurrent
 //! builders of the same artifact build it once: the others wait, then reuse it.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::{Error, IoContext, Result};
+use crate::host::fs::{BuildDir, FileLock};
+use crate::{IoContext, Result};
 
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
@@ -26,8 +27,7 @@ pub struct Key {
 
 impl Key {
     pub fn new(kind: &str, inputs: &impl Serialize) -> Result<Self> {
-        let json = serde_json::to_vec(inputs)
-            .map_err(|e| Error::Other(format!("hashing {kind} inputs: {e}")))?;
+        let json = serde_json::to_vec(inputs).ctx(|| format!("hashing the inputs of {kind}"))?;
         let hash = blake3::hash(&json).to_hex();
         Ok(Self {
             kind: kind.to_string(),
@@ -73,99 +73,25 @@ impl ArtifactCache {
             return Ok(done);
         }
         fs::create_dir_all(&self.root).ctx(|| format!("creating {}", self.root.display()))?;
-        let lock = lock_exclusive(&self.root.join(format!(".{}.lock", key.dir_name()))).await?;
+        let lock_path = self.root.join(format!(".{}.lock", key.dir_name()));
+        let lock = FileLock::exclusive(&lock_path).await?;
         if done.is_dir() {
             return Ok(done);
         }
         let tmp = BuildDir::create(&self.root, &key.dir_name())?;
         build(tmp.path().to_path_buf()).await?;
-        let record = serde_json::to_vec_pretty(inputs)
-            .map_err(|e| Error::Other(format!("recording inputs: {e}")))?;
-        let record_path = tmp.path().join(INPUTS_FILE);
-        fs::write(&record_path, record).ctx(|| format!("writing {}", record_path.display()))?;
+        write_inputs(tmp.path(), inputs)?;
         fs::rename(tmp.path(), &done).ctx(|| format!("registering {}", done.display()))?;
         drop(lock);
         Ok(done)
     }
 }
 
-/// Takes the exclusive lock on `path` (created if absent), waiting on a blocking-safe
-/// thread: another guestbox may be building the same thing.
-pub async fn lock_exclusive(path: &Path) -> Result<File> {
-    let lock = File::create(path).ctx(|| format!("creating {}", path.display()))?;
-    tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-        .await
-        .map_err(|e| Error::Other(format!("waiting for {}: {e}", path.display())))?
-        .ctx(|| format!("locking {}", path.display()))
-}
-
-/// A build directory (`.tmp-<name>-*` in `root`: images and bases alike) that is removed
-/// unless it was renamed into place. Tools like mmdebstrap mount /proc and friends inside
-/// it; if one is killed mid-build those mounts stay, so they are detached first and removal
-/// never walks into a mounted filesystem. Sealed (read-only) files are made writable first.
-pub struct BuildDir {
-    path: PathBuf,
-}
-
-impl BuildDir {
-    pub fn create(root: &Path, name: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{name}-"))
-            .tempdir_in(root)
-            .ctx(|| format!("creating a build directory in {}", root.display()))?;
-        Ok(Self { path: dir.keep() })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for BuildDir {
-    fn drop(&mut self) {
-        if self.path.exists() {
-            crate::store::make_writable(&self.path);
-            remove_build_dir(&self.path);
-        }
-    }
-}
-
-/// Detaches every mount under `dir` (deepest first), then removes it.
-pub fn remove_build_dir(dir: &Path) {
-    let Ok(canonical) = dir.canonicalize() else {
-        return;
-    };
-    let mut mounts: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(&canonical))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    for m in &mounts {
-        if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
-            // SAFETY: plain syscall with a valid C string.
-            unsafe {
-                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-            }
-        }
-    }
-    let still_mounted = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m).starts_with(&canonical));
-    if still_mounted {
-        tracing::warn!(
-            "not removing {}: something is still mounted inside it",
-            dir.display()
-        );
-        return;
-    }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        tracing::warn!("could not remove {}: {e}", dir.display());
-    }
+/// Records what an artifact was made from, in the file `gc` reads ([`super::Provenance`]).
+pub fn write_inputs(dir: &Path, inputs: &impl Serialize) -> Result<()> {
+    let record = serde_json::to_vec_pretty(inputs).ctx(|| "recording an artifact's inputs")?;
+    let path = dir.join(INPUTS_FILE);
+    fs::write(&path, record).ctx(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -180,7 +106,7 @@ mod tests {
         let err = cache
             .get_or_build(&key, &("a", 1), |tmp| async move {
                 std::fs::write(tmp.join("half"), b"x").unwrap();
-                Err(Error::Other("boom".into()))
+                Err(crate::Error::Usage("boom".into()))
             })
             .await
             .unwrap_err();
@@ -188,7 +114,6 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(cache.root())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| !n.ends_with(".lock"))
             .collect();
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 
@@ -208,6 +133,13 @@ mod tests {
             assert!(path.join(INPUTS_FILE).is_file());
         }
         assert_eq!(builds, 1);
+        // Nor does a build leave its lock file behind.
+        let left: Vec<_> = std::fs::read_dir(cache.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "lock files left: {left:?}");
     }
 
     #[test]

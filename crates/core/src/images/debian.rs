@@ -6,8 +6,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::DebianSource;
-use crate::hostcheck;
-use crate::process::{supervise, tail_of_text, GroupGuard};
+use crate::host::process::{run_tool, supervise, tail_of_text, GroupGuard};
+use crate::host::programs;
 use crate::progress::Step;
 use crate::{Error, IoContext, Result};
 
@@ -60,11 +60,10 @@ pub async fn pin_index(
                 pinned.index = Some(fingerprint.trim().to_string());
             }
             Err(_) => {
-                return Err(Error::Other(format!(
-                    "cannot reach the Debian mirror {} to build images, and none are cached: {e}. \
-                     Set GUESTBOX_DEBIAN_MIRROR to a reachable mirror",
-                    source.mirror
-                )))
+                return Err(Error::Mirror {
+                    mirror: source.mirror.clone(),
+                    source: Box::new(e),
+                })
             }
         },
     }
@@ -85,11 +84,13 @@ async fn fetch_index(source: &DebianSource) -> Result<String> {
         let file = dir.path().join(format!("InRelease-{i}"));
         let file_s = file.to_string_lossy().into_owned();
         let args = ["download-file", url.as_str(), file_s.as_str()];
-        let fetch =
-            crate::process::run_tool("fetching the Debian index", Path::new(APT_HELPER), &args);
+        let fetch = run_tool("fetching the Debian index", Path::new(APT_HELPER), &args);
         tokio::time::timeout(std::time::Duration::from_secs(30), fetch)
             .await
-            .map_err(|_| Error::Other(format!("{url}: no answer within 30 s")))??;
+            .map_err(|_| Error::Io {
+                context: format!("fetching {url}"),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s"),
+            })??;
         let bytes = std::fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
         hasher.update(&bytes);
     }
@@ -121,8 +122,8 @@ pub async fn mmdebstrap(
 ) -> Result<()> {
     require_root()?;
     // Every tool the build needs, before minutes of mmdebstrap: not mkfs.ext4 missing after.
-    hostcheck::require(hostcheck::IMAGE_BUILD)?;
-    let program = hostcheck::path_of(hostcheck::MMDEBSTRAP)?;
+    programs::require(programs::IMAGE_BUILD)?;
+    let program = programs::path_of(programs::MMDEBSTRAP)?;
     let mut args: Vec<String> = vec![
         match variant {
             Variant::Extract => "--variant=extract".into(),
@@ -145,7 +146,7 @@ pub async fn mmdebstrap(
     // dies with it (--kill-child): if guestbox is SIGKILLed, PDEATHSIG takes unshare, the
     // kernel then takes mmdebstrap, every apt and dpkg below it, and the mounts it made in
     // the chroot. A process group alone would leave the grandchildren and the mounts.
-    let unshare = hostcheck::path_of(hostcheck::UNSHARE)?;
+    let unshare = programs::path_of(programs::UNSHARE)?;
     // Its temporary files (a gpg home, apt lists) go next to the target, inside the build's
     // own directory: a SIGKILL cannot leave them in /tmp, and gc removes the build's remains.
     let tmp = target.with_extension("tmp");

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use super::cache::{ArtifactCache, Key};
 use super::kernel::{Kernel, COMMON_MODULES, CONTROLLER_MODULES, GUEST_MODULES};
-use super::RECIPE_VERSION;
+use super::{Provenance, RECIPE_VERSION};
 use crate::{Error, IoContext, Result};
+use link::markers;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,20 +37,17 @@ impl Role {
     }
 }
 
-/// Printed on the console when the initramfs cannot go on; boot waits fail fast on it.
-pub const FAILED_MARKER: &str = "GUESTBOX-BOOT-FAILED";
-/// Printed by the KVM probe (kernel parameter `guestbox.probe`) before it powers off.
-pub const PROBE_MARKER: &str = "GUESTBOX-PROBE-OK";
-
 /// Kernel parameters: `guestbox.init=PATH` is what to exec on the root disk;
 /// `guestbox.probe` stops right after the modules load (used to test an accelerator).
-const INIT: &str = r#"#!/bin/sh
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/sh
 export PATH=/bin
-fail() {
-    echo "GUESTBOX-BOOT-FAILED: $*"
+fail() {{
+    echo "{failed}: $*"
     sync
     poweroff -f
-}
+}}
 mount -t devtmpfs devtmpfs /dev || fail "cannot mount /dev"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -59,8 +57,8 @@ done < /etc/modules.load
 init=/sbin/init
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-        guestbox.init=*) init="${arg#guestbox.init=}" ;;
-        guestbox.probe) echo "GUESTBOX-PROBE-OK"; poweroff -f ;;
+        guestbox.init=*) init="${{arg#guestbox.init=}}" ;;
+        guestbox.probe) echo "{probe}"; poweroff -f ;;
     esac
 done
 i=0
@@ -78,7 +76,11 @@ fi
 mount --move /dev /newroot/dev
 umount /proc /sys
 exec switch_root /newroot "$init"
-"#;
+"#,
+        failed = markers::BOOT_FAILED,
+        probe = markers::PROBE_OK,
+    )
+}
 
 const APPLETS: &[&str] = &[
     "sh",
@@ -95,30 +97,31 @@ const APPLETS: &[&str] = &[
 ];
 
 #[derive(Serialize)]
-struct Inputs<'a> {
-    recipe: u32,
-    kernel: &'a std::path::Path,
+struct Inputs {
+    #[serde(flatten)]
+    provenance: Provenance,
     role: Role,
-    init: &'a str,
-    agent: String,
+    init: String,
 }
 
 /// Builds the initramfs for `role` from the modules in `kernel`; returns the file's path.
 pub async fn ensure(cache: &ArtifactCache, kernel: &Kernel, role: Role) -> Result<PathBuf> {
     let inputs = Inputs {
-        recipe: RECIPE_VERSION,
-        // The kernel artifact's directory name is its content hash.
-        kernel: kernel
-            .dir
-            .file_name()
-            .map(std::path::Path::new)
-            .unwrap_or(&kernel.dir),
-        role,
-        init: INIT,
-        agent: match role {
-            Role::Controller => blake3::hash(crate::AGENT).to_hex().to_string(),
-            Role::Guest => String::new(),
+        provenance: Provenance {
+            recipe: RECIPE_VERSION,
+            index: None,
+            // The kernel artifact's directory name is its content hash.
+            kernel: Some(
+                kernel
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| kernel.dir.display().to_string()),
+            ),
+            agent: (role == Role::Controller).then(crate::store::agent_id),
         },
+        role,
+        init: init_script(),
     };
     let key = Key::new(&format!("initrd-{}", role.name()), &inputs)?;
     let dir = cache
@@ -133,40 +136,36 @@ pub async fn ensure(cache: &ArtifactCache, kernel: &Kernel, role: Role) -> Resul
 
 /// The archive's bytes.
 pub fn build(kernel: &Kernel, role: Role) -> Result<Vec<u8>> {
-    let cpio_err = |e: media::cpio::CpioError| Error::Other(format!("building the initramfs: {e}"));
     let mut fs_ = Initramfs::new();
     for dir in ["dev", "proc", "sys", "newroot", "etc"] {
-        fs_.dir(dir, 0o755).map_err(cpio_err)?;
+        fs_.dir(dir, 0o755)?;
     }
-    fs_.char_device("dev/console", 0o600, 5, 1)
-        .map_err(cpio_err)?;
-    fs_.file("init", 0o755, INIT.as_bytes().to_vec())
-        .map_err(cpio_err)?;
+    fs_.char_device("dev/console", 0o600, 5, 1)?;
+    fs_.file("init", 0o755, init_script().into_bytes())?;
     let busybox =
         fs::read(&kernel.busybox).ctx(|| format!("reading {}", kernel.busybox.display()))?;
-    fs_.file("bin/busybox", 0o755, busybox).map_err(cpio_err)?;
+    fs_.file("bin/busybox", 0o755, busybox)?;
     for applet in APPLETS {
-        fs_.symlink(&format!("bin/{applet}"), "busybox")
-            .map_err(cpio_err)?;
+        fs_.symlink(&format!("bin/{applet}"), "busybox")?;
     }
     if role == Role::Controller {
         // The agent rides in the initramfs so that the controller's disk does not change
         // (and need not be rebuilt) whenever guestbox does.
-        fs_.file("bin/guestbox-agent", 0o755, crate::AGENT.to_vec())
-            .map_err(cpio_err)?;
+        fs_.file("bin/guestbox-agent", 0o755, crate::AGENT.to_vec())?;
     }
     let order = kernel.load_order(&role.modules());
     for name in &order {
-        let path = kernel.module_path(name).ok_or_else(|| {
-            Error::Other(format!("module {name} is missing from the kernel artifact"))
-        })?;
+        let path = kernel
+            .module_path(name)
+            .ok_or_else(|| Error::DamagedArtifact {
+                path: kernel.dir.clone(),
+                problem: format!("the kernel artifact has no module {name}"),
+            })?;
         let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        fs_.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)
-            .map_err(cpio_err)?;
+        fs_.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)?;
     }
     let mut list = order.join("\n");
     list.push('\n');
-    fs_.file("etc/modules.load", 0o644, list.into_bytes())
-        .map_err(cpio_err)?;
-    fs_.to_bytes().map_err(cpio_err)
+    fs_.file("etc/modules.load", 0o644, list.into_bytes())?;
+    fs_.to_bytes().map_err(Error::from)
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{ArtifactCache, Key};
 use super::debian::{mmdebstrap, Variant};
-use super::{DebianSource, RECIPE_VERSION};
+use super::{DebianSource, Provenance};
 use crate::progress::Progress;
 use crate::{Error, IoContext, Result};
 
@@ -64,12 +64,11 @@ impl Kernel {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
         let text = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        let mut kernel: Kernel = serde_json::from_slice(&text).map_err(|e| {
-            Error::Other(format!(
-                "{} is damaged: {e}; remove its directory to rebuild it",
-                path.display()
-            ))
-        })?;
+        let mut kernel: Kernel =
+            serde_json::from_slice(&text).map_err(|e| Error::DamagedArtifact {
+                path: dir.to_path_buf(),
+                problem: format!("its {MANIFEST} does not parse: {e}"),
+            })?;
         kernel.dir = dir.to_path_buf();
         kernel.vmlinuz = dir.join(&kernel.vmlinuz);
         kernel.busybox = dir.join(&kernel.busybox);
@@ -207,8 +206,13 @@ fn all_modules(tree: &Path) -> Result<BTreeMap<String, (PathBuf, Vec<String>)>> 
                 .and_then(|n| n.strip_suffix(".ko"))
             {
                 let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-                let info = modinfo(&bytes)
-                    .map_err(|e| Error::Other(format!("kernel module {}: {e}", path.display())))?;
+                let info = modinfo(&bytes).map_err(|e| Error::Package {
+                    package: "linux-image-amd64".into(),
+                    problem: format!(
+                        "its module {} has no readable .modinfo: {e}",
+                        path.display()
+                    ),
+                })?;
                 out.insert(normalize(stem), (path, dependencies(&info)));
             }
         }
@@ -218,7 +222,8 @@ fn all_modules(tree: &Path) -> Result<BTreeMap<String, (PathBuf, Vec<String>)>> 
 
 #[derive(Serialize)]
 struct Inputs<'a> {
-    recipe: u32,
+    #[serde(flatten)]
+    provenance: Provenance,
     source: &'a DebianSource,
     packages: [&'a str; 2],
     modules: Vec<&'a str>,
@@ -230,7 +235,7 @@ pub async fn ensure(
     progress: &Progress,
 ) -> Result<Kernel> {
     let inputs = Inputs {
-        recipe: RECIPE_VERSION,
+        provenance: Provenance::from_packages(source),
         source,
         packages: ["linux-image-amd64", "busybox-static"],
         modules: COMMON_MODULES
@@ -271,7 +276,10 @@ fn assemble(tree: &Path, out: &Path, roots: &[&str]) -> Result<()> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("vmlinuz-"))
         })
-        .ok_or_else(|| Error::Other("the kernel package had no /boot/vmlinuz-*".into()))?;
+        .ok_or_else(|| Error::Package {
+            package: "linux-image-amd64".into(),
+            problem: "it has no /boot/vmlinuz-*".into(),
+        })?;
     let release = vmlinuz
         .file_name()
         .and_then(|n| n.to_str())
@@ -323,7 +331,7 @@ fn assemble(tree: &Path, out: &Path, roots: &[&str]) -> Result<()> {
     manifest.dir = PathBuf::new();
     manifest.vmlinuz = PathBuf::from("vmlinuz");
     manifest.busybox = PathBuf::from("busybox");
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&manifest).ctx(|| "writing kernel.json")?;
     fs::write(out.join(MANIFEST), json).ctx(|| "writing kernel.json")?;
     Ok(())
 }

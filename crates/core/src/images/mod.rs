@@ -15,12 +15,48 @@ pub mod rootfs;
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths::Dirs;
+use crate::host::Dirs;
 use crate::progress::Progress;
 use crate::Result;
 
 /// Bump when a change to the recipes below would make an older artifact wrong.
 pub const RECIPE_VERSION: u32 = 2;
+
+/// What every artifact's recorded inputs say of its origin. `gc` reads exactly this type to
+/// tell a stale artifact, and every builder writes it (flattened into its inputs), so a
+/// renamed field changes both sides at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// [`RECIPE_VERSION`] at build time.
+    pub recipe: u32,
+    /// The fingerprint of the Debian index the packages came from (kernel, root disks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// The kernel artifact (its directory name) an initramfs was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// blake3 of the agent an initramfs carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+impl Provenance {
+    /// Made now from `source`'s packages.
+    pub fn from_packages(source: &DebianSource) -> Self {
+        Provenance {
+            recipe: RECIPE_VERSION,
+            index: source.index.clone(),
+            kernel: None,
+            agent: None,
+        }
+    }
+}
+
+/// Kernel command line of every guestbox VM: serial console, quiet, power off on panic
+/// (a panicking guest then ends its QEMU, which the host sees), and the init to start.
+pub fn kernel_append(init: &str) -> String {
+    format!("console=ttyS0 quiet loglevel=3 panic=-1 guestbox.init={init}")
+}
 
 /// Where Debian packages come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,16 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{ArtifactCache, Key};
 use super::debian::{mmdebstrap, Variant};
-use super::{DebianSource, GuestRecipe, RECIPE_VERSION};
-use crate::hostcheck;
-use crate::process::run_tool;
+use super::{DebianSource, GuestRecipe, Provenance};
+use crate::host::process::run_tool;
+use crate::host::programs;
 use crate::progress::{Progress, Step};
 use crate::{Error, IoContext, Result};
-
-/// Printed on the guest's console once sshd listens.
-pub const GUEST_READY_MARKER: &str = "GUESTBOX-READY guest";
-pub const GUEST_ADDRESS: &str = "192.168.0.1";
-pub const CONTROLLER_ADDRESS: &str = "192.168.0.2";
+use link::{markers, net};
 
 /// A finished root disk and what was generated with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +43,9 @@ const GUEST_INIT: &str = r#"#!/bin/sh
 exec /usr/bin/tini -s -- /bin/sh /etc/guestbox/rc
 "#;
 
-const GUEST_RC: &str = r#"#!/bin/sh
+fn guest_rc() -> String {
+    format!(
+        r#"#!/bin/sh
 # guestbox's Debian guest: pseudo filesystems, the private link, sshd. Nothing else runs.
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
@@ -58,17 +56,23 @@ mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 hostname guestbox-guest
 ip link set lo up
-ip addr add 192.168.0.1/24 dev eth0
+ip addr add {address} dev eth0
 # A private link of two VMs: jumbo frames cut the per-packet cost of emulation.
-ip link set eth0 mtu 65520 up
+ip link set eth0 mtu {mtu} up
 mkdir -p /run/sshd
 chmod 755 /run/sshd
 /usr/sbin/sshd -D -e 2>>/var/log/sshd.log &
-# Ready means sshd listens on port 22 (0x0016 in /proc/net/tcp).
-while ! grep -q ':0016 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done
-echo "GUESTBOX-READY guest" > /dev/console
+# Ready means sshd listens on port {ssh} ({ssh:04X} in /proc/net/tcp).
+while ! grep -q ':{ssh:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done
+echo "{ready}" > /dev/console
 wait
-"#;
+"#,
+        address = net::with_prefix(net::GUEST_ADDRESS),
+        mtu = net::MTU,
+        ssh = net::SSH_PORT,
+        ready = markers::GUEST_READY,
+    )
+}
 
 const SSHD_CONFIG: &str = "\
 # guestbox: key-only root logins from the controller; no DNS, no PAM (nothing to ask).
@@ -93,11 +97,9 @@ impl Rootfs {
     fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(ROOTFS_JSON);
         let text = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        let mut r: Rootfs = serde_json::from_slice(&text).map_err(|e| {
-            Error::Other(format!(
-                "{} is damaged: {e}; remove its directory to rebuild it",
-                path.display()
-            ))
+        let mut r: Rootfs = serde_json::from_slice(&text).map_err(|e| Error::DamagedArtifact {
+            path: dir.to_path_buf(),
+            problem: format!("its {ROOTFS_JSON} does not parse: {e}"),
         })?;
         r.dir = dir.to_path_buf();
         r.disk = dir.join(&r.disk);
@@ -116,12 +118,13 @@ impl Rootfs {
 
 #[derive(Serialize)]
 struct Inputs<'a> {
-    recipe: u32,
+    #[serde(flatten)]
+    provenance: Provenance,
     role: &'a str,
     source: &'a DebianSource,
     packages: Vec<String>,
     disk_mib: u64,
-    files: Vec<&'a str>,
+    files: Vec<String>,
 }
 
 pub async fn ensure_guest(
@@ -143,12 +146,12 @@ pub async fn ensure_guest(
     let mut packages: Vec<String> = GUEST_BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
     packages.extend(recipe.packages.iter().cloned());
     let inputs = Inputs {
-        recipe: RECIPE_VERSION,
+        provenance: Provenance::from_packages(source),
         role: "guest",
         source,
         packages,
         disk_mib: recipe.disk_mib,
-        files: vec![GUEST_INIT, GUEST_RC, SSHD_CONFIG],
+        files: vec![GUEST_INIT.into(), guest_rc(), SSHD_CONFIG.into()],
     };
     let key = Key::new("guest", &inputs)?;
     let dir = cache
@@ -178,12 +181,12 @@ pub async fn ensure_controller(
     progress: &Progress,
 ) -> Result<Rootfs> {
     let inputs = Inputs {
-        recipe: RECIPE_VERSION,
+        provenance: Provenance::from_packages(source),
         role: "controller",
         source,
         packages: CONTROLLER_PACKAGES.iter().map(|s| s.to_string()).collect(),
         disk_mib: 1024,
-        files: vec![CONTROLLER_INIT],
+        files: vec![CONTROLLER_INIT.into()],
     };
     let key = Key::new("controller", &inputs)?;
     let dir = cache
@@ -206,7 +209,11 @@ pub async fn ensure_controller(
 }
 
 fn hosts() -> String {
-    format!("127.0.0.1 localhost\n{GUEST_ADDRESS} guest\n{CONTROLLER_ADDRESS} controller\n")
+    format!(
+        "127.0.0.1 localhost\n{} guest\n{} controller\n",
+        net::GUEST_ADDRESS,
+        net::CONTROLLER_ADDRESS
+    )
 }
 
 fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
@@ -220,7 +227,7 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
 
 /// Fresh keys for this image: the guest's host key and the controller's client key.
 async fn customize_guest(root: &Path, out: &Path) -> Result<()> {
-    let keygen = hostcheck::path_of(hostcheck::SSH_KEYGEN)?;
+    let keygen = programs::path_of(programs::SSH_KEYGEN)?;
     let ssh = root.join("etc/ssh");
     for entry in fs::read_dir(&ssh)
         .ctx(|| format!("reading {}", ssh.display()))?
@@ -262,7 +269,7 @@ async fn customize_guest(root: &Path, out: &Path) -> Result<()> {
     write_file(&dot_ssh.join("authorized_keys"), &authorized, 0o600)?;
     write_file(&ssh.join("sshd_config.d/guestbox.conf"), SSHD_CONFIG, 0o644)?;
     write_file(&root.join("etc/guestbox/init"), GUEST_INIT, 0o755)?;
-    write_file(&root.join("etc/guestbox/rc"), GUEST_RC, 0o755)?;
+    write_file(&root.join("etc/guestbox/rc"), &guest_rc(), 0o755)?;
     write_file(&root.join("etc/hostname"), "guestbox-guest\n", 0o644)?;
     // Jobs run through root's login shell: dash starts far faster than bash, and every
     // start is paid again in a revived guest under emulation.
@@ -291,7 +298,7 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
     file.set_len(disk_mib << 20)
         .ctx(|| format!("sizing {}", raw.display()))?;
     drop(file);
-    let mkfs = hostcheck::path_of(hostcheck::MKFS_EXT4)?;
+    let mkfs = programs::path_of(programs::MKFS_EXT4)?;
     let root_s = root.to_string_lossy().into_owned();
     let raw_s = raw.to_string_lossy().into_owned();
     run_tool(
@@ -300,7 +307,7 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
         &["-F", "-q", "-L", "guestbox", "-d", &root_s, &raw_s],
     )
     .await?;
-    let qemu_img = hostcheck::path_of(hostcheck::QEMU_IMG)?;
+    let qemu_img = programs::path_of(programs::QEMU_IMG)?;
     let disk = out.join("disk.qcow2");
     let disk_s = disk.to_string_lossy().into_owned();
     run_tool(
@@ -317,7 +324,7 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
         init: init.to_string(),
         packages,
     };
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&record).ctx(|| "writing rootfs.json")?;
     fs::write(out.join(ROOTFS_JSON), json).ctx(|| "writing rootfs.json")
 }
 
@@ -365,7 +372,7 @@ mod tests {
     fn scripts_are_valid_shell() {
         for (name, script) in [
             ("guest init", GUEST_INIT),
-            ("guest rc", GUEST_RC),
+            ("guest rc", &guest_rc()),
             ("controller init", CONTROLLER_INIT),
         ] {
             let out = std::process::Command::new("sh")

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use guestbox::host::Dirs;
 use guestbox::images::{self, DebianSource, GuestRecipe, Images};
-use guestbox::paths::Dirs;
 use guestbox::progress::Progress;
 
 pub fn test_home() -> PathBuf {
@@ -28,7 +28,7 @@ pub fn dirs() -> Dirs {
 }
 
 pub fn qemu() -> PathBuf {
-    guestbox::hostcheck::path_of(guestbox::hostcheck::QEMU)
+    guestbox::host::programs::path_of(guestbox::host::programs::QEMU)
         .expect("QEMU is installed (scripts/setup)")
 }
 
@@ -91,7 +91,7 @@ pub fn base() -> &'static guestbox::store::Base {
                 name: Some("test-default".into()),
                 memory_mib: 1024,
                 cpus: 1,
-                accel: guestbox::accel::AccelChoice::Tcg,
+                accel: guestbox::machine::accel::AccelChoice::Tcg,
                 timeout: std::time::Duration::from_secs(300),
             };
             rt.block_on(guestbox::bootstrap::bootstrap(
@@ -120,7 +120,12 @@ pub struct RunResult {
 pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult> {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let outcome = guestbox::run::run(&store(), base(), &opts, &mut out, &mut err).await?;
+    let mut streams = guestbox::run::Streams {
+        stdin: None,
+        stdout: &mut out,
+        stderr: &mut err,
+    };
+    let outcome = guestbox::run::run(&store(), base(), &opts, &mut streams).await?;
     Ok(RunResult {
         code: outcome.exit_code,
         stdout: String::from_utf8_lossy(&out).into_owned(),
@@ -129,9 +134,8 @@ pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult>
 }
 
 pub fn cmd(argv: &[&str]) -> guestbox::run::RunOptions {
-    guestbox::run::RunOptions {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        boot_timeout: std::time::Duration::from_secs(300),
-        ..Default::default()
-    }
+    let mut opts = guestbox::run::RunOptions::default();
+    opts.command.argv = argv.iter().map(|s| s.to_string()).collect();
+    opts.session.boot_timeout = std::time::Duration::from_secs(300);
+    opts
 }

@@ -28,11 +28,7 @@ use crate::floppy::{build_floppy, FloppyError, FloppyFile, FloppyOptions};
 use crate::iso9660::{IsoBuilder, IsoError};
 use crate::quote::QuoteError;
 
-/// Serial-port line the bootstrap prints when the guest is ready.
-pub const BOOTSTRAP_OK: &str = "GUESTBOX-BOOTSTRAP-OK";
-/// Serial-port line prefix the bootstrap prints when a step failed; the
-/// step follows after ": ".
-pub const BOOTSTRAP_FAILED: &str = "GUESTBOX-BOOTSTRAP-FAILED";
+pub use link::markers::{BOOTSTRAP_FAILED, BOOTSTRAP_OK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -211,22 +207,21 @@ pub struct GuestNetwork {
 impl Default for GuestNetwork {
     fn default() -> Self {
         GuestNetwork {
-            guest_ip: Ipv4Addr::new(192, 168, 0, 1),
-            prefix_len: 24,
-            controller_ip: Ipv4Addr::new(192, 168, 0, 2),
-            // QEMU's own default MAC.
-            nic_mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            guest_ip: link::net::GUEST_ADDRESS,
+            prefix_len: link::net::PREFIX_LEN,
+            controller_ip: link::net::CONTROLLER_ADDRESS,
+            nic_mac: link::net::GUEST_MAC,
         }
     }
 }
 
 impl GuestNetwork {
-    /// `52:54:00:12:34:56`, as QEMU's `mac=` wants it.
+    /// `52:54:00:00:00:01`, as QEMU's `mac=` wants it.
     pub fn mac_colons(&self) -> String {
         self.mac_with(':')
     }
 
-    /// `52-54-00-12-34-56`, as the unattend TCPIP Identifier wants it.
+    /// `52-54-00-00-00-01`, as the unattend TCPIP Identifier wants it.
     pub fn mac_dashes(&self) -> String {
         self.mac_with('-')
     }

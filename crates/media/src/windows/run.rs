@@ -51,11 +51,11 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// Server 192.168.0.2, no shares, workdir `/`, no environment.
+    /// The controller as server, no shares, workdir `/`, no environment.
     pub fn new(argv: Vec<String>) -> Self {
         RunSpec {
-            server: Ipv4Addr::new(192, 168, 0, 2),
-            smb_user: "guestbox".to_owned(),
+            server: link::net::CONTROLLER_ADDRESS,
+            smb_user: link::shares::SMB_USER.to_owned(),
             smb_password: Secret::default(),
             shares: Vec::new(),
             workdir: "/".to_owned(),

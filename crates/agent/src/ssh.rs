@@ -1,0 +1,114 @@
+//! The controller's SSH connection to the guest: a ControlMaster made once at bootstrap,
+//! which lives on in the snapshot, so a run opens a session on it ([`crate::mux`]) and
+//! pays no handshake.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use link::{net, proto::Setup};
+
+use crate::{smb, write_secret};
+
+pub(crate) const SSH_DIR: &str = "/run/guestbox/ssh";
+/// The master's control socket, which [`crate::mux`] connects to.
+pub(crate) const MASTER: &str = "/run/guestbox/ssh/master";
+
+fn ssh_args() -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-i",
+        &format!("{SSH_DIR}/id"),
+        "-o",
+        &format!("UserKnownHostsFile={SSH_DIR}/known_hosts"),
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        &format!("ControlPath={MASTER}"),
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ServerAliveInterval=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Once, at bootstrap: credentials, the master connection, then the guest's setup script.
+pub(crate) fn setup(setup: &Setup) -> io::Result<()> {
+    fs::create_dir_all(SSH_DIR)?;
+    fs::set_permissions(SSH_DIR, fs::Permissions::from_mode(0o700))?;
+    let mut key = setup.client_key.clone();
+    if !key.ends_with('\n') {
+        key.push('\n');
+    }
+    write_secret(&format!("{SSH_DIR}/id"), &key)?;
+    write_secret(
+        &format!("{SSH_DIR}/known_hosts"),
+        &format!("{} {}\n", net::GUEST_ADDRESS, setup.guest_host_key.trim()),
+    )?;
+    smb::set_password(&setup.smb_password)?;
+    // Like the original's controller: wait until the guest's SSH port answers.
+    let addr = SocketAddr::from((net::GUEST_ADDRESS, net::SSH_PORT));
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(io::Error::other(
+                "the guest's SSH port did not open within 120 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let target = format!("{}@{}", setup.guest_user, net::GUEST_ADDRESS);
+    let mut args = ssh_args();
+    args.extend(
+        [
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            "ControlPersist=yes",
+            "-f",
+            "-N",
+            &target,
+        ]
+        .map(String::from),
+    );
+    let out = Command::new("/usr/bin/ssh")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ssh to the guest failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut args = ssh_args();
+    args.extend([target, "sh -s".to_string()]);
+    let mut child = Command::new("/usr/bin/ssh")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(setup.guest_script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "the guest's setup script failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

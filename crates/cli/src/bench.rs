@@ -1,0 +1,591 @@
+//! `guestbox bench`: the speed and memory figures, measured in one go and printed as a
+//! table of medians and ratios. Targets are checked here, not in timed tests.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use guestbox::bootstrap::{bootstrap, BootstrapOptions};
+use guestbox::host::Dirs;
+use guestbox::images::GuestRecipe;
+use guestbox::machine::accel::AccelChoice;
+use guestbox::profile::Profile;
+use guestbox::progress::Progress;
+use guestbox::run::{run, Outcome, RunOptions, Session, SessionOptions, Streams, Volume};
+use guestbox::store::{files, gc, Base, Store};
+use guestbox::{Error, IoContext, Result};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub runs: usize,
+    pub small_mib: u64,
+    pub big_mib: u64,
+    pub accel: AccelChoice,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub what: String,
+    pub value: String,
+    pub target: String,
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+async fn base_with(
+    dirs: &Dirs,
+    memory_mib: u64,
+    accel: AccelChoice,
+    progress: &Progress,
+) -> Result<Base> {
+    let opts = BootstrapOptions {
+        profile: Profile::Debian(GuestRecipe::new(vec![])),
+        name: None,
+        memory_mib,
+        cpus: 1,
+        accel,
+        timeout: Duration::from_secs(600),
+    };
+    bootstrap(dirs, &opts, progress).await
+}
+
+/// What `count` revives started together cost.
+struct Revived {
+    /// Wall time until every pair runs.
+    wall: Duration,
+    /// (private KiB, PSS KiB) of each guest QEMU while all run.
+    memory: Vec<(u64, u64)>,
+    /// CPU seconds per pair until it runs: guestbox with its tools (qemu-img), the guest's
+    /// QEMU, the controller's QEMU.
+    cpu: [f64; 3],
+}
+
+async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> {
+    let store = Store::new(dirs);
+    let opts = SessionOptions {
+        boot_timeout: Duration::from_secs(60),
+        ..SessionOptions::default()
+    };
+    let ours = own_cpu();
+    let started = Instant::now();
+    let revives = (0..count).map(|_| Session::revive(&store, base, &opts));
+    let sessions = futures::future::try_join_all(revives).await?;
+    let wall = started.elapsed();
+    let per_pair = |pid: Option<u32>| pid.map_or(f64::NAN, cpu_of);
+    let mut cpu = [(own_cpu() - ours) / count as f64, 0.0, 0.0];
+    for s in &sessions {
+        let (guest, controller) = s.pids();
+        cpu[1] += per_pair(guest) / count as f64;
+        cpu[2] += per_pair(controller) / count as f64;
+    }
+    // Let the guests run a moment so their touched pages show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let memory = sessions
+        .iter()
+        .filter_map(|s| s.pids().0)
+        .map(|pid| memory_of(pid).unwrap_or((0, 0)))
+        .collect();
+    for s in sessions {
+        s.discard().await;
+    }
+    Ok(Revived { wall, memory, cpu })
+}
+
+/// Seconds `guestbox run --base ID -- true` takes as a separate process: what a user sees,
+/// with process start, argument parsing and the store lookup.
+async fn run_binary(id: &str) -> Result<f64> {
+    let exe = std::env::current_exe().ctx(|| "finding the guestbox binary")?;
+    let t = Instant::now();
+    let out = tokio::process::Command::new(&exe)
+        .args(["--quiet", "run", "--base", id, "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ctx(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            what: "`guestbox run -- true`".into(),
+            status: out.status.to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(secs(t.elapsed()))
+}
+
+/// CPU seconds used so far by this process and its reaped children.
+fn own_cpu() -> f64 {
+    let usage = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds a live process's threads have run, from their schedstat (nanoseconds).
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+/// (private KiB, PSS KiB) of a process, from /proc/PID/smaps_rollup.
+pub fn memory_of(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Pss:"),
+    ))
+}
+
+async fn quiet_run(dirs: &Dirs, base: &Base, opts: &RunOptions) -> Result<(Outcome, String)> {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut streams = Streams {
+        stdin: None,
+        stdout: &mut out,
+        stderr: &mut err,
+    };
+    let outcome = run(&Store::new(dirs), base, opts, &mut streams).await?;
+    if outcome.exit_code != 0 {
+        return Err(Error::Command {
+            what: format!("the benchmark command {:?}", opts.command.argv),
+            status: format!("exit status {}", outcome.exit_code),
+            detail: String::from_utf8_lossy(&err).into_owned(),
+        });
+    }
+    Ok((outcome, String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn command(argv: &[&str]) -> RunOptions {
+    let mut opts = RunOptions::default();
+    opts.command.argv = argv.iter().map(|s| s.to_string()).collect();
+    opts.session.boot_timeout = Duration::from_secs(600);
+    opts
+}
+
+/// MiB/s of writing 100 MiB (with fsync) to `path` in the guest.
+async fn write_throughput(
+    dirs: &Dirs,
+    base: &Base,
+    target: &str,
+    volume: Option<&Path>,
+) -> Result<f64> {
+    let script = format!(
+        "s=$(date +%s%N); dd if=/dev/zero of={target}/bench.bin bs=1M count=100 conv=fsync 2>/dev/null; e=$(date +%s%N); rm -f {target}/bench.bin; echo $((e - s))"
+    );
+    let mut opts = command(&["sh", "-c", &script]);
+    if let Some(dir) = volume {
+        opts.session.volumes = vec![Volume {
+            host: dir.to_path_buf(),
+            guest: target.to_string(),
+            readonly: false,
+        }];
+    }
+    let (_, out) = quiet_run(dirs, base, &opts).await?;
+    let ns: f64 = out.trim().parse().map_err(|_| Error::Command {
+        what: "timing dd in the guest".into(),
+        status: "unexpected output".into(),
+        detail: out.clone(),
+    })?;
+    Ok(100.0 / (ns / 1e9))
+}
+
+pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Result<Vec<Row>> {
+    let n = opts.runs.max(1);
+    let mut rows = Vec::new();
+    let mut row = |what: &str, value: String, target: &str| {
+        rows.push(Row {
+            what: what.into(),
+            value,
+            target: target.into(),
+        })
+    };
+    let small = base_with(dirs, opts.small_mib, opts.accel, progress).await?;
+    let big = base_with(dirs, opts.big_mib, opts.accel, progress).await?;
+
+    let step = progress.step(format!(
+        "reviving {n} times ({} MiB and {} MiB guests)",
+        opts.small_mib, opts.big_mib
+    ));
+    let mut rev_small = Vec::new();
+    let mut rev_big = Vec::new();
+    let mut private_small = Vec::new();
+    let mut cpu1 = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..n {
+        let r = revive_many(dirs, &small, 1).await?;
+        rev_small.push(secs(r.wall));
+        private_small.extend(r.memory);
+        for (all, one) in cpu1.iter_mut().zip(r.cpu) {
+            all.push(one);
+        }
+        rev_big.push(secs(revive_many(dirs, &big, 1).await?.wall));
+    }
+    step.done();
+    let step = progress.step(format!("4 parallel revives, {n} times"));
+    let mut par4 = Vec::new();
+    let mut private4 = Vec::new();
+    let mut cpu4 = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..n {
+        let r = revive_many(dirs, &small, 4).await?;
+        par4.push(secs(r.wall));
+        private4.extend(r.memory);
+        for (all, one) in cpu4.iter_mut().zip(r.cpu) {
+            all.push(one);
+        }
+    }
+    step.done();
+    let step = progress.step(format!(
+        "`run -- true`, {n} times revived and {n} times cold"
+    ));
+    let mut warm = Vec::new();
+    let mut binary = Vec::new();
+    let mut split = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut cold_ready = Vec::new();
+    let mut cold_total = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let (o, _) = quiet_run(dirs, &small, &command(&["true"])).await?;
+        warm.push(secs(t.elapsed()));
+        binary.push(run_binary(&small.manifest.id).await?);
+        split[0].push(secs(o.timings.revive));
+        split[1].push(secs(o.timings.controller_ready));
+        split[2].push(secs(o.timings.command_started));
+        split[3].push(secs(o.timings.command_done));
+        let mut cold = command(&["true"]);
+        cold.session.cold = true;
+        let t = Instant::now();
+        let (o, _) = quiet_run(dirs, &small, &cold).await?;
+        cold_total.push(secs(t.elapsed()));
+        cold_ready.push(secs(o.timings.revive));
+    }
+    step.done();
+    let step =
+        progress.step("write throughput: 100 MiB to a shared directory and to the guest's disk");
+    let out_dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+    let mut shared = Vec::new();
+    let mut local = Vec::new();
+    for _ in 0..n.min(3) {
+        shared.push(write_throughput(dirs, &small, "/out", Some(out_dir.path())).await?);
+        local.push(write_throughput(dirs, &small, "/root", None).await?);
+    }
+    step.done();
+
+    let (rs, rb, p4, cr) = (
+        median(rev_small),
+        median(rev_big),
+        median(par4),
+        median(cold_ready),
+    );
+    let m = &small.manifest;
+    row(
+        "revive to running (1 pair)",
+        format!("{:.3} s", rs),
+        "<= 0.3 s",
+    );
+    row("cold boot to ready (same pair)", format!("{:.2} s", cr), "");
+    row("  cold / revive", format!("{:.0}x", cr / rs), ">= 10x");
+    row(
+        &format!("revive, {} MiB guest", opts.big_mib),
+        format!("{:.3} s", rb),
+        "",
+    );
+    row(
+        &format!("  {} MiB / {} MiB revive", opts.big_mib, opts.small_mib),
+        format!("{:.2}", rb / rs),
+        "<= 1.2",
+    );
+    row("4 parallel revives, wall", format!("{:.3} s", p4), "");
+    row("  4 parallel / 1", format!("{:.2}", p4 / rs), "<= 2");
+    // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how
+    // many revives fit in the time of one.
+    let cpu_split = |cpu: [Vec<f64>; 3]| {
+        let [a, b, c] = cpu.map(median);
+        format!("{a:.3} + {b:.3} + {c:.3} = {:.3} CPU-s", a + b + c)
+    };
+    row(
+        "  CPU per revive, 1 | 4 parallel",
+        format!("{} | {}", cpu_split(cpu1), cpu_split(cpu4)),
+        "",
+    );
+    row(
+        "    (guestbox and qemu-img + guest QEMU + controller QEMU)",
+        String::new(),
+        "",
+    );
+    let priv_kib = median(private4.iter().map(|m| m.0 as f64).collect());
+    let pss_kib = median(private4.iter().map(|m| m.1 as f64).collect());
+    let priv1 = median(private_small.iter().map(|m| m.0 as f64).collect());
+    row(
+        "private memory per revived guest (4 parallel)",
+        format!(
+            "{:.0} MiB of {} MiB ({:.1}%), PSS {:.0} MiB",
+            priv_kib / 1024.0,
+            opts.small_mib,
+            priv_kib / 1024.0 / opts.small_mib as f64 * 100.0,
+            pss_kib / 1024.0
+        ),
+        "small fraction",
+    );
+    row(
+        "private memory, single revived guest",
+        format!("{:.0} MiB", priv1 / 1024.0),
+        "",
+    );
+    row(
+        "snapshot (both VMs) time",
+        format!(
+            "{:.3} s",
+            m.timings.get("snapshot").copied().unwrap_or(f64::NAN)
+        ),
+        "",
+    );
+    row(
+        "snapshot size (device state guest + controller)",
+        format!(
+            "{} KiB + {} KiB",
+            m.files.get(files::GUEST_STATE).map_or(0, |f| f.size / 1024),
+            m.files
+                .get(files::CONTROLLER_STATE)
+                .map_or(0, |f| f.size / 1024)
+        ),
+        "",
+    );
+    let (w, c) = (median(warm), median(cold_total));
+    row(
+        "`guestbox run -- true` end to end",
+        format!("{:.3} s", w),
+        "<= 1.5 s",
+    );
+    row(
+        "  the same, as a user types it (the guestbox binary)",
+        format!("{:.3} s", median(binary)),
+        "",
+    );
+    row("`run --cold -- true` end to end", format!("{:.2} s", c), "");
+    row("  cold / revived run", format!("{:.1}x", c / w), ">= 5x");
+    row(
+        "  split: revived | controller ready | SSH session open, command started | done",
+        format!(
+            "{:.3} | {:.3} | {:.3} | {:.3} s",
+            median(split[0].clone()),
+            median(split[1].clone()),
+            median(split[2].clone()),
+            median(split[3].clone())
+        ),
+        "",
+    );
+    let (sh, lo) = (median(shared), median(local));
+    row(
+        "write 100 MiB to a shared dir (SMB)",
+        format!("{:.1} MiB/s", sh),
+        "",
+    );
+    row(
+        "write 100 MiB to the guest's disk",
+        format!("{:.1} MiB/s", lo),
+        "",
+    );
+    row(
+        "  shared / local",
+        format!("{:.0}%", sh / lo * 100.0),
+        ">= 50%",
+    );
+    Ok(rows)
+}
+
+pub fn print_table(rows: &[Row], title: &str) {
+    let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
+    let v = rows.iter().map(|r| r.value.len()).max().unwrap_or(10);
+    println!("guestbox bench: {title}");
+    println!("{:<w$}  {:>v$}  target", "measure", "value");
+    for r in rows {
+        println!("{:<w$}  {:>v$}  {}", r.what, r.value, r.target);
+    }
+}
+
+/// Entries in a directory (open descriptors in /proc/self/fd, ...); 0 if unreadable.
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Processes whose parent is this one (QEMUs, qemu-img ...), alive or zombie.
+fn child_processes() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                == Some(me.as_str())
+        })
+        .count()
+}
+
+/// `guestbox bench --soak N`: load and soak figures for the README's Reliability
+/// section. `parallel` runs at once from one base, each writing its own outputs, checked;
+/// then `soak` runs one after another, with this process's descriptors and children and
+/// the disk use of GUESTBOX_HOME compared before and after, and the run time's drift.
+pub async fn reliability(
+    dirs: &Dirs,
+    accel: AccelChoice,
+    parallel: usize,
+    soak: usize,
+    progress: &Progress,
+) -> Result<Vec<Row>> {
+    let base = base_with(dirs, 1024, accel, progress).await?;
+    let mut rows = Vec::new();
+    let mut row = |what: String, value: String| {
+        rows.push(Row {
+            what,
+            value,
+            target: String::new(),
+        })
+    };
+
+    let step = progress.step(format!("{parallel} runs in parallel from one base"));
+    let outs = (0..parallel)
+        .map(|_| tempfile::tempdir().ctx(|| "creating a temporary directory"))
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let jobs = outs.iter().enumerate().map(|(i, d)| {
+        let mut o = command(&[
+            "sh",
+            "-c",
+            &format!("echo run-{i} > /out/who; seq 1 {} > /out/seq", 10_000 + i),
+        ]);
+        o.session.volumes = vec![Volume {
+            host: d.path().to_path_buf(),
+            guest: "/out".into(),
+            readonly: false,
+        }];
+        let base = &base;
+        async move { quiet_run(dirs, base, &o).await }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let wall = started.elapsed();
+    let mut correct = 0;
+    for (i, (r, d)) in results.iter().zip(&outs).enumerate() {
+        let who = std::fs::read_to_string(d.path().join("who")).unwrap_or_default();
+        let seq = std::fs::read_to_string(d.path().join("seq")).unwrap_or_default();
+        let entries = count_entries(&d.path().to_string_lossy());
+        if r.is_ok()
+            && who.trim() == format!("run-{i}")
+            && seq.lines().count() == 10_000 + i
+            && entries == 2
+        {
+            correct += 1;
+        }
+    }
+    step.done();
+    row(
+        format!("{parallel} parallel runs: correct, own outputs only"),
+        format!("{correct} of {parallel}"),
+    );
+    row(
+        format!("{parallel} parallel runs: wall time"),
+        format!("{:.1} s", secs(wall)),
+    );
+
+    let step = progress.step(format!("{soak} runs one after another"));
+    let out = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+    // One run first, so lazily opened things (QEMU probes, caches) are in the baseline.
+    quiet_run(dirs, &base, &command(&["true"])).await?;
+    let (fds0, kids0, disk0) = (
+        count_entries("/proc/self/fd"),
+        child_processes(),
+        gc::usage(&dirs.data),
+    );
+    let mut times = Vec::new();
+    let mut failed = 0;
+    for i in 0..soak {
+        let mut o = command(&["sh", "-c", &format!("echo {i} > /out/n; cat /out/n")]);
+        o.session.volumes = vec![Volume {
+            host: out.path().to_path_buf(),
+            guest: "/out".into(),
+            readonly: false,
+        }];
+        let t = Instant::now();
+        match quiet_run(dirs, &base, &o).await {
+            Ok((_, stdout)) if stdout.trim() == i.to_string() => {}
+            _ => failed += 1,
+        }
+        times.push(secs(t.elapsed()));
+        step.detail(&format!("{} of {soak}", i + 1));
+    }
+    let (fds1, kids1, disk1) = (
+        count_entries("/proc/self/fd"),
+        child_processes(),
+        gc::usage(&dirs.data),
+    );
+    step.done();
+    let window = (soak / 10).max(1);
+    let first = median(times[..window.min(times.len())].to_vec());
+    let last = median(times[times.len().saturating_sub(window)..].to_vec());
+    row(
+        format!("{soak} sequential runs: failed"),
+        failed.to_string(),
+    );
+    row(
+        "  open descriptors of guestbox, before -> after".into(),
+        format!("{fds0} -> {fds1}"),
+    );
+    row(
+        "  child processes, before -> after".into(),
+        format!("{kids0} -> {kids1}"),
+    );
+    row(
+        "  disk use of GUESTBOX_HOME, before -> after".into(),
+        format!(
+            "{:.1} -> {:.1} MiB",
+            disk0 as f64 / 1048576.0,
+            disk1 as f64 / 1048576.0
+        ),
+    );
+    row(
+        format!("  run time, median of first {window} -> last {window}"),
+        format!(
+            "{first:.3} -> {last:.3} s ({:+.1}%)",
+            (last / first - 1.0) * 100.0
+        ),
+    );
+    row(
+        "  run time, median of all".into(),
+        format!("{:.3} s", median(times)),
+    );
+    Ok(rows)
+}

@@ -1,0 +1,15 @@
+//! One QEMU machine: its spec as data ([`spec`]), the one writer of its command line
+//! ([`argv`]), the running process and its QMP connection ([`vm`]), snapshots ([`snapshot`]),
+//! copy-on-write disks ([`overlay`]), and the host facts a snapshot depends on: the QEMU
+//! release and machine types ([`qemu`]), and whether KVM really works ([`accel`]).
+
+pub mod accel;
+pub mod argv;
+pub mod overlay;
+pub mod qemu;
+pub mod snapshot;
+pub mod spec;
+pub mod vm;
+
+pub use spec::{Accel, VmSpec};
+pub use vm::Vm;

@@ -1,0 +1,174 @@
+//! A typed description of one QEMU machine: every device guestbox uses is a variant here,
+//! so the machine of a base can be recorded, compared and tested as data. [`super::argv`]
+//! is the one writer that turns it into QEMU's command line.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::ShortDir;
+
+/// How QEMU runs the guest's instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// A CPU model a snapshot can be revived on: `host` is migratable by default under KVM
+    /// (it drops invtsc); under TCG, qemu64 is what every x86-64 Debian needs.
+    pub fn cpu_model(self) -> &'static str {
+        match self {
+            Accel::Kvm => "host",
+            Accel::Tcg => "qemu64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Shown in process lists and error messages ("guest", "controller").
+    pub name: String,
+    pub accel: Accel,
+    /// Versioned machine type (e.g. `pc-q35-7.2`), so a snapshot is revived on the same one.
+    pub machine: String,
+    pub cpu: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub memory: Memory,
+    pub boot: Boot,
+    pub drives: Vec<Drive>,
+    pub nics: Vec<Nic>,
+    /// Virtio-serial ports, each a unix socket on the host that QEMU listens on.
+    pub ports: Vec<SerialPort>,
+    /// Host directories passed to the VM over virtio-9p.
+    pub shares: Vec<Share9p>,
+    /// Everything the first serial port prints goes to this file.
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub rtc: Rtc,
+    /// Start paused, waiting for `migrate-incoming` (revive from a snapshot).
+    pub incoming: bool,
+    /// A directory QEMU inherits, so that paths through [`ShortDir::join`] work in it.
+    #[serde(skip)]
+    pub inherit: Option<ShortDir>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Memory {
+    /// Ordinary anonymous guest RAM.
+    Anonymous,
+    /// Guest RAM in a file. `shared` writes go to the file (bootstrap: the file becomes the
+    /// snapshot's RAM); private maps it copy-on-write (revive: the base file is never written).
+    File {
+        path: PathBuf,
+        shared: bool,
+        /// QEMU >= 8.2 can open the file read-only for a private map; 7.2 cannot.
+        readonly: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Boot {
+    /// Direct kernel boot (Linux guests and the controller).
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+    /// Firmware boot with a boot order string (`-boot order=...`), e.g. "dc" for CD then disk.
+    Firmware { order: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriveInterface {
+    VirtioBlk,
+    /// SATA disk on the q35 AHCI controller (Windows has no inbox virtio driver).
+    Ahci,
+    Ide,
+    Floppy,
+    CdRom,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub interface: DriveInterface,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicModel {
+    VirtioNet,
+    E1000,
+    E1000e,
+    Rtl8139,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub model: NicModel,
+    pub mac: String,
+    pub link: Link,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Link {
+    /// A point-to-point Ethernet cable made of two unix datagram sockets: frames sent by one
+    /// VM arrive at the other and nowhere else. No tap, no bridge, no host port; and since
+    /// datagrams need no connection, either end can be stopped and revived independently.
+    UnixDgram { local: PathBuf, remote: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialPort {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share9p {
+    pub tag: String,
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rtc {
+    /// `utc`, `localtime` or a fixed start like `2010-01-01` (the seed's choice, for
+    /// determinism).
+    pub base: String,
+    /// `clock=vm`: guest time stands still while the VM is stopped or saved.
+    pub vm_clock: bool,
+}
+
+impl Default for Rtc {
+    fn default() -> Self {
+        Rtc {
+            base: "utc".into(),
+            vm_clock: false,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What happens to a pair: booted to ready, the controller set up, both frozen together,
+//! both revived together. Bootstrap and run are built from these steps.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use link::{markers, proto, shares};
+
+use super::control::Control;
+use super::rundir::{PairSockets, CONTROL_SOCKET};
+use super::ControllerShare;
+use crate::host::process::tail_of_file;
+use crate::machine::{snapshot, Vm, VmSpec};
+use crate::{Error, IoContext, Result};
+
+/// How long the controller may take to reach the guest and mount the share there.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Boots both VMs until their ready markers, concurrently. Both QMP connections are opened
+/// from the start, so that QEMU's events (a full host disk) are seen on every path.
+pub async fn start(
+    qemu: &Path,
+    guest: VmSpec,
+    controller: VmSpec,
+    timeout: Duration,
+) -> Result<(Vm, Vm)> {
+    let mut g = Vm::start(qemu, guest)?;
+    let mut c = Vm::start(qemu, controller)?;
+    let (rg, rc) = tokio::join!(
+        g.wait_for_console(markers::GUEST_READY, timeout),
+        c.wait_for_console(markers::CONTROLLER_READY, timeout)
+    );
+    rg?;
+    rc?;
+    g.qmp().await?;
+    c.qmp().await?;
+    Ok((g, c))
+}
+
+/// Connects to the controller's agent.
+pub async fn connect(sockets: &PairSockets) -> Result<Control> {
+    Control::connect(
+        &sockets.control(),
+        &sockets.real(CONTROL_SOCKET),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// What the controller needs at bootstrap to reach the guest and mount the share there.
+pub struct SetupRequest {
+    pub client_key: String,
+    pub guest_host_key: String,
+    pub guest_user: String,
+    pub smb_password: String,
+    /// The profile's script that mounts (Linux) or maps (Windows) the share in the guest.
+    pub guest_script: String,
+}
+
+/// Gives the controller its credentials and has it connect to the guest and run the
+/// profile's bootstrap script there.
+pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<()> {
+    let mut channel = connect(sockets).await?;
+    channel
+        .send(&proto::Request::Setup(proto::Setup {
+            client_key: request.client_key,
+            guest_host_key: request.guest_host_key,
+            guest_user: request.guest_user,
+            smb_password: request.smb_password,
+            guest_script: request.guest_script,
+        }))
+        .await?;
+    let console = sockets.console("controller");
+    let tail = || tail_of_file(&console, 15);
+    match tokio::time::timeout(SETUP_TIMEOUT, channel.next_event()).await {
+        Ok(Ok(proto::Event::SetupDone)) => Ok(()),
+        Ok(Ok(proto::Event::Error { message })) => Err(Error::Controller {
+            message,
+            console: console.clone(),
+            tail: tail(),
+        }),
+        Ok(Ok(other)) => Err(Error::Controller {
+            message: format!("it answered {other:?} to the setup request"),
+            console: console.clone(),
+            tail: tail(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::ControllerTimeout {
+            what: "connecting to the guest (SSH) and mounting the share there",
+            seconds: SETUP_TIMEOUT.as_secs(),
+            console: console.clone(),
+            tail: tail(),
+        }),
+    }
+}
+
+/// Freezes both VMs into state files, then quits them. Both are stopped before either is
+/// saved, so that neither sees the other vanish mid-exchange and their TCP state (the SSH
+/// master, the SMB session) survives the revive.
+pub async fn freeze(
+    mut guest: Vm,
+    mut controller: Vm,
+    guest_state: &Path,
+    controller_state: &Path,
+) -> Result<()> {
+    snapshot::stop(&mut guest).await?;
+    snapshot::stop(&mut controller).await?;
+    snapshot::save(&mut guest, guest_state).await?;
+    snapshot::save(&mut controller, controller_state).await?;
+    guest.shutdown(Duration::from_secs(10)).await?;
+    controller.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Starts both VMs waiting for their saved states (specs with `incoming`), loads the states
+/// concurrently and resumes both.
+pub async fn revive(
+    qemu: &Path,
+    guest: VmSpec,
+    controller: VmSpec,
+    guest_state: &Path,
+    controller_state: &Path,
+) -> Result<(Vm, Vm)> {
+    let mut g = Vm::start(qemu, guest)?;
+    let mut c = Vm::start(qemu, controller)?;
+    let (lg, lc) = tokio::join!(
+        snapshot::load(&mut g, guest_state),
+        snapshot::load(&mut c, controller_state)
+    );
+    lg.map_err(|e| revive_error(e, &g))?;
+    lc.map_err(|e| revive_error(e, &c))?;
+    snapshot::resume(&mut g).await?;
+    snapshot::resume(&mut c).await?;
+    Ok((g, c))
+}
+
+fn revive_error(e: Error, vm: &Vm) -> Error {
+    Error::Revive {
+        vm: vm.spec.name.clone(),
+        qemu_said: vm.process.stderr_tail(5).trim().to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Empty directories behind the controller's 9p devices while no run uses them.
+pub fn idle_shares(dir: &Path) -> Result<Vec<ControllerShare>> {
+    shares::all_tags()
+        .into_iter()
+        .map(|tag| {
+            let path = dir.join("idle").join(&tag);
+            fs::create_dir_all(&path).ctx(|| format!("creating {}", path.display()))?;
+            Ok(ControllerShare {
+                tag,
+                path,
+                readonly: true,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,218 @@
+//! The pair: the two VMs of the original design on their private link ([`link::net`]),
+//! the guest and the controller.
+//!
+//! - this module: what the pair is ([`PairConfig`] → each VM's [`VmSpec`]), and how its
+//!   memory is backed ([`RamMode`]: cold, bootstrap, revive);
+//! - [`rundir`]: the directory of one live pair: sockets, consoles, overlays, lock;
+//! - [`control`]: the host's end of the agent's control channel;
+//! - [`lifecycle`]: boot both to ready, set the controller up, freeze both, revive both.
+//!
+//! Bootstrap and run both use the pair; neither uses the other.
+
+pub mod control;
+pub mod lifecycle;
+pub mod rundir;
+
+use std::path::PathBuf;
+
+use link::{net, proto};
+use serde::{Deserialize, Serialize};
+
+use crate::machine::spec::{
+    Accel, Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, SerialPort,
+    Share9p, VmSpec,
+};
+pub use rundir::{PairSockets, RunDir, CONTROL_SOCKET};
+
+/// How the pair is built: everything that must be identical between a snapshot and its
+/// revive. Recorded in the base manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairConfig {
+    pub accel: Accel,
+    pub machine: String,
+    pub cpu: String,
+    pub guest_memory_mib: u64,
+    pub guest_cpus: u32,
+    pub controller_memory_mib: u64,
+    /// Kernel command lines (they name each VM's init).
+    pub guest_append: String,
+    pub controller_append: String,
+    /// The guest's clock starts here at every cold boot (`-rtc base=`), as in the original.
+    pub rtc_base: String,
+}
+
+/// Where a pair's files are: the base's for bootstrap, a run's overlays for revive.
+#[derive(Debug, Clone)]
+pub struct PairFiles {
+    pub kernel: PathBuf,
+    pub guest_initrd: PathBuf,
+    pub controller_initrd: PathBuf,
+    pub guest_disk: PathBuf,
+    pub controller_disk: PathBuf,
+}
+
+/// How guest RAM is backed.
+#[derive(Debug, Clone)]
+pub enum RamMode {
+    /// Anonymous RAM (cold boot).
+    Anonymous,
+    /// RAM in these files, written through (bootstrap: the files become the snapshot).
+    Shared { guest: PathBuf, controller: PathBuf },
+    /// The base's RAM files mapped copy-on-write; QEMU waits for the device state.
+    Revive {
+        guest: PathBuf,
+        controller: PathBuf,
+        readonly: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Vm {
+    Guest,
+    Controller,
+}
+
+impl RamMode {
+    /// How `vm`'s RAM is backed, and whether it waits for a saved state (`-incoming`).
+    fn backing(&self, vm: Vm) -> (Memory, bool) {
+        let pick = |guest: &PathBuf, controller: &PathBuf| match vm {
+            Vm::Guest => guest.clone(),
+            Vm::Controller => controller.clone(),
+        };
+        match self {
+            RamMode::Anonymous => (Memory::Anonymous, false),
+            RamMode::Shared { guest, controller } => (
+                Memory::File {
+                    path: pick(guest, controller),
+                    shared: true,
+                    readonly: false,
+                },
+                false,
+            ),
+            RamMode::Revive {
+                guest,
+                controller,
+                readonly,
+            } => (
+                Memory::File {
+                    path: pick(guest, controller),
+                    shared: false,
+                    readonly: *readonly,
+                },
+                true,
+            ),
+        }
+    }
+}
+
+/// A host directory given to the controller over 9p under `tag`.
+#[derive(Debug, Clone)]
+pub struct ControllerShare {
+    pub tag: String,
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+impl PairConfig {
+    pub fn guest_spec(&self, files: &PairFiles, ram: &RamMode, sockets: &PairSockets) -> VmSpec {
+        let (memory, incoming) = ram.backing(Vm::Guest);
+        VmSpec {
+            name: "guest".into(),
+            accel: self.accel,
+            machine: self.machine.clone(),
+            cpu: self.cpu.clone(),
+            cpus: self.guest_cpus,
+            memory_mib: self.guest_memory_mib,
+            memory,
+            boot: Boot::Kernel {
+                kernel: files.kernel.clone(),
+                initrd: files.guest_initrd.clone(),
+                append: self.guest_append.clone(),
+            },
+            drives: vec![Drive {
+                path: files.guest_disk.clone(),
+                format: DiskFormat::Qcow2,
+                interface: DriveInterface::VirtioBlk,
+                readonly: false,
+            }],
+            nics: vec![Nic {
+                model: NicModel::VirtioNet,
+                mac: net::mac_string(net::GUEST_MAC, ':'),
+                link: Link::UnixDgram {
+                    local: sockets.guest_link(),
+                    remote: sockets.controller_link(),
+                },
+            }],
+            ports: vec![],
+            shares: vec![],
+            console_log: sockets.console("guest"),
+            qmp_socket: sockets.qmp("guest"),
+            rtc: Rtc {
+                base: self.rtc_base.clone(),
+                vm_clock: true,
+            },
+            incoming,
+            inherit: sockets.inherit(),
+        }
+    }
+
+    /// `shares` must list every 9p tag, in the same order, at bootstrap and at revive:
+    /// the devices are part of the snapshot; only the host paths behind them change.
+    pub fn controller_spec(
+        &self,
+        files: &PairFiles,
+        ram: &RamMode,
+        sockets: &PairSockets,
+        shares: &[ControllerShare],
+    ) -> VmSpec {
+        let (memory, incoming) = ram.backing(Vm::Controller);
+        VmSpec {
+            name: "controller".into(),
+            accel: self.accel,
+            machine: self.machine.clone(),
+            cpu: self.cpu.clone(),
+            cpus: 1,
+            memory_mib: self.controller_memory_mib,
+            memory,
+            boot: Boot::Kernel {
+                kernel: files.kernel.clone(),
+                initrd: files.controller_initrd.clone(),
+                append: self.controller_append.clone(),
+            },
+            drives: vec![Drive {
+                path: files.controller_disk.clone(),
+                format: DiskFormat::Qcow2,
+                interface: DriveInterface::VirtioBlk,
+                readonly: false,
+            }],
+            nics: vec![Nic {
+                model: NicModel::VirtioNet,
+                mac: net::mac_string(net::CONTROLLER_MAC, ':'),
+                link: Link::UnixDgram {
+                    local: sockets.controller_link(),
+                    remote: sockets.guest_link(),
+                },
+            }],
+            ports: vec![SerialPort {
+                name: proto::CONTROL_PORT.into(),
+                socket: sockets.control(),
+            }],
+            shares: shares
+                .iter()
+                .map(|s| Share9p {
+                    tag: s.tag.clone(),
+                    path: s.path.clone(),
+                    readonly: s.readonly,
+                })
+                .collect(),
+            console_log: sockets.console("controller"),
+            qmp_socket: sockets.qmp("controller"),
+            rtc: Rtc {
+                base: self.rtc_base.clone(),
+                vm_clock: true,
+            },
+            incoming,
+            inherit: sockets.inherit(),
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! of one registry that picks HTTPS or (where allowed) plain HTTP and answers the
 //! registry's auth challenges (basic, or bearer tokens from the realm it names).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +19,10 @@ pub struct Options {
     /// `host[:port]`s that may be spoken to over plain HTTP (besides loopback: localhost,
     /// 127.0.0.1 and [::1] always may). HTTPS is still tried first.
     pub insecure_registries: Vec<String>,
-    /// Credentials for every registry; None: look them up ([`auth::lookup`]).
+    /// Credentials for every registry; None: look them up ([`auth::lookup`]) if
+    /// `lookup_credentials`, else go anonymous.
     pub credentials: Option<Credentials>,
+    pub lookup_credentials: bool,
     /// Blobs moved at once.
     pub concurrency: usize,
     pub connect_timeout: Duration,
@@ -29,10 +30,6 @@ pub struct Options {
     pub read_timeout: Duration,
     /// Attempts per blob (each resumes where the previous one stopped) before giving up.
     pub attempts: u32,
-    /// Where push remembers upload sessions, digests of parts and which repositories hold
-    /// which blobs (for cross-repository mounts). None: nothing is remembered, an
-    /// interrupted push starts its blobs over.
-    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -40,11 +37,11 @@ impl Default for Options {
         Options {
             insecure_registries: Vec::new(),
             credentials: None,
+            lookup_credentials: true,
             concurrency: 3,
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
             attempts: 3,
-            state_dir: None,
         }
     }
 }
@@ -112,7 +109,8 @@ impl Client {
     ) -> Result<Session> {
         let credentials = match &self.options.credentials {
             Some(c) => Some(c.clone()),
-            None => auth::lookup(reference.registry())?,
+            None if self.options.lookup_credentials => auth::lookup(reference.registry())?,
+            None => None,
         };
         let mut scopes = vec![format!("repository:{}:{actions}", reference.repository())];
         scopes.extend(

@@ -174,8 +174,12 @@ impl Client {
         let parts: Vec<PartInfo> = layers.iter().map(|(p, _)| p.clone()).collect();
         progress.begin(&parts);
 
-        futures::stream::iter(layers.iter())
+        // Futures made first, not in a `map` closure, so the pull future stays `Send`.
+        let jobs: Vec<_> = layers
+            .iter()
             .map(|(part, desc)| ctx.pull_part(part, desc))
+            .collect();
+        futures::stream::iter(jobs)
             .buffered(self.options.concurrency)
             .try_collect::<Vec<()>>()
             .await?;

@@ -158,8 +158,10 @@ impl Client {
         progress.begin(&parts);
         let bytes_files = base_size(&inputs);
 
-        let layers: Vec<Descriptor> = futures::stream::iter(inputs.iter())
-            .map(|input| ctx.push_part(input))
+        // The futures made first, not in a `map` closure: a closure there makes the whole
+        // push future fail `Send` checks (higher-ranked lifetimes), and callers spawn it.
+        let jobs: Vec<_> = inputs.iter().map(|input| ctx.push_part(input)).collect();
+        let layers: Vec<Descriptor> = futures::stream::iter(jobs)
             .buffered(self.options.concurrency)
             .try_collect()
             .await?;

@@ -15,13 +15,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SERVICE: &str = "test-registry";
 const ISSUER: &str = "fake-token-server";
 
+/// Each token request's scopes, and whether its credentials were right.
+type Requests = Arc<Mutex<Vec<(Vec<String>, bool)>>>;
+
 /// Test double of a registry token server (docker's token auth): checks basic credentials
 /// and answers `{"token": JWT}` granting every scope asked for, signed ES256 with a key
 /// whose self-signed certificate the registry trusts (sent in the JWT's `x5c`).
 struct FakeTokenServer {
     realm: String,
-    /// Every request's scopes and whether its credentials were right.
-    requests: Arc<Mutex<Vec<(Vec<String>, bool)>>>,
+    requests: Requests,
     cert_pem: Vec<u8>,
 }
 
@@ -68,7 +70,7 @@ impl FakeTokenServer {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let realm = format!("http://{}/token", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests: Requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
         tokio::spawn(async move {
             let key = Arc::new(key);

@@ -1,7 +1,22 @@
 //! Push: compress each part, HEAD it, mount or upload what the repository lacks (POST, PATCH
 //! chunks, PUT), resuming sessions an earlier push left; then the config and the manifest.
 //!
-//! Why zstd and not hole skipping (SEEK_DATA/SEEK_HOLE): MEASUREMENTS_BELOW
+//! Why each part is a zstd frame rather than its data extents (SEEK_DATA/SEEK_HOLE, holes
+//! skipped), measured with `examples/oci-measure.rs parts` on 2 busy cores, one core per
+//! part, 256 MiB parts, file in the page cache:
+//!
+//! | file                                   | data extents | zstd -1            | zstd -3           |
+//! |----------------------------------------|--------------|--------------------|-------------------|
+//! | real guest.ram, 1 GiB, Debian guest    | 115.5 MiB    | 39.7 MiB, 974 MiB/s | 38.0 MiB, 872 MiB/s |
+//! | synthetic 1 GiB: 48 MiB random, 32 MiB written zeros, 16 MiB text, rest hole | 96.0 MiB | 48.0 MiB, 1412 MiB/s | 48.0 MiB, 1795 MiB/s |
+//! | real guest.qcow2, 199 MiB              | 197.9 MiB    | 59.0 MiB, 159 MiB/s | 51.0 MiB, 98 MiB/s |
+//! | real controller.qcow2, 306 MiB         | 305.0 MiB    | 95.5 MiB, 181 MiB/s | 83.6 MiB, 76 MiB/s |
+//!
+//! zstd sends a third of what hole skipping would: a RAM file's pages the guest touched
+//! and zeroed are allocated (not holes) and its data compresses ~3x, and a qcow2 has no
+//! holes at all. Zero runs cost zstd next to nothing (GiB/s), so holes need no special
+//! path; pull writes zero blocks as holes again. Whole push of a real 1.8 GiB base to a
+//! loopback registry: level 1 250.5 MiB in 4.6 s, level 3 225.8 MiB in 7.5 s.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +44,9 @@ use crate::format::{
 use crate::state::{State, Upload};
 use crate::{Annotations, Base, Client, Error, Progress, Reference, Report, Result, Skip};
 
-/// zstd level of parts. MEASURED_LEVEL
+/// zstd level of parts. 3 over 1: 10% fewer bytes for a base (16% on disks, 4% on RAM),
+/// at 60% of the compression speed. A base is pushed once and pulled many times, pulls pay
+/// the bytes, and decompression is as fast at either level. Level 1 suits fast links.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Bytes per PATCH: a cut in the middle of a chunk costs that blob's session (distribution
 /// then forgets it), a cut between chunks costs nothing, so chunks are well below a part.

@@ -123,21 +123,22 @@ impl Client {
         let https = format!("https://{host}");
         let (base, ping) = match self.ping(&https).await {
             Ok(r) => (https, r),
-            Err(source) if self.plain_http_allowed(reference.registry()) => {
+            // Loopback or listed: plain HTTP after HTTPS, as docker does.
+            Err(_) if self.plain_http_allowed(reference.registry()) => {
                 let http = format!("http://{host}");
                 match self.ping(&http).await {
                     Ok(r) => (http, r),
-                    Err(_) => {
+                    Err(source) => {
                         return Err(Error::Http {
-                            url: format!("{https}/v2/"),
+                            url: format!("{http}/v2/ (and over HTTPS)"),
                             source,
                         })
                     }
                 }
             }
             Err(source) => {
-                return Err(Error::Insecure {
-                    registry: reference.registry().to_string(),
+                return Err(Error::Unreachable {
+                    registry: host.to_string(),
                     source,
                 })
             }

@@ -45,12 +45,13 @@ pub enum Error {
     )]
     NotABase { reference: String, found: String },
 
-    /// `http://` asked for a registry that is not on loopback nor listed as insecure.
+    /// HTTPS failed for a registry that may not be spoken to over plain HTTP.
     #[error(
-        "{registry} answers only over plain HTTP (HTTPS failed: {source}); plain HTTP is used \
-         only for localhost, 127.0.0.1, [::1] and registries listed in insecure_registries"
+        "cannot reach https://{registry}/v2/: {source}; check the address and that the \
+         registry is up. If it serves plain HTTP only, list {registry} in insecure_registries \
+         (only localhost, 127.0.0.1 and [::1] get plain HTTP without that)"
     )]
-    Insecure {
+    Unreachable {
         registry: String,
         #[source]
         source: reqwest::Error,
@@ -142,14 +143,13 @@ impl Error {
                 | Error::Denied { .. }
                 | Error::ManifestUnknown { .. }
                 | Error::NotABase { .. }
-                | Error::Insecure { .. }
         )
     }
 
     /// Worth another try in the same run (a cut connection, a 5xx), unlike a refusal.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Http { .. } => true,
+            Error::Http { .. } | Error::Unreachable { .. } => true,
             Error::Registry { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }

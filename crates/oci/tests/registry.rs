@@ -545,3 +545,78 @@ async fn push_to_another_repository_mounts_instead_of_uploading() {
     assert_eq!(third.bytes_transferred, 0, "{third:?}");
     assert_eq!(third.blobs_mounted, first.blobs_transferred, "{third:?}");
 }
+
+#[tokio::test]
+async fn an_image_that_is_no_base_and_a_closed_port_are_told_apart() {
+    let reg = anonymous();
+    // An ordinary OCI image manifest (empty config, no layers), put there by hand.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let config = b"{}".to_vec();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let base = format!("http://{}/v2/plain/image", reg.addr);
+    let resp = http
+        .post(format!("{base}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{}{loc}", reg.addr)
+    };
+    let resp = http
+        .put(format!("{loc}&digest={config_digest}"))
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[]}}"#
+    );
+    let resp = http
+        .put(format!("{base}/manifests/v1"))
+        .header("content-type", oci::format::MANIFEST_MEDIA_TYPE)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let r = reference(reg, "plain/image");
+    let err = client()
+        .pull(
+            &r,
+            &PullOptions::new(tmp.path().join("s"), tmp.path().join("d")),
+            &oci::NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotABase { .. }), "{err:?}");
+    assert!(err.is_usage());
+    assert!(
+        err.to_string()
+            .contains("application/vnd.oci.image.config.v1+json"),
+        "{err}"
+    );
+
+    // Nothing listens: an infrastructure failure (exit 1), not a usage error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r: Reference = format!("127.0.0.1:{port}/x/y:v1").parse().unwrap();
+    let err = client().resolve(&r).await.unwrap_err();
+    assert!(!err.is_usage(), "{err:?}");
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}

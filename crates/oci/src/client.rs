@@ -2,6 +2,7 @@
 //! of one registry that picks HTTPS or (where allowed) plain HTTP and answers the
 //! registry's auth challenges (basic, or bearer tokens from the realm it names).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub struct Options {
     /// `host[:port]`s that may be spoken to over plain HTTP (besides loopback: localhost,
     /// 127.0.0.1 and [::1] always may). HTTPS is still tried first.
     pub insecure_registries: Vec<String>,
+    /// PEM files of CA certificates trusted besides the system's (a registry with its own
+    /// CA, as docker's `/etc/docker/certs.d/HOST/ca.crt`).
+    pub ca_certificates: Vec<PathBuf>,
     /// Credentials for every registry; None: look them up ([`auth::lookup`]) if
     /// `lookup_credentials`, else go anonymous.
     pub credentials: Option<Credentials>,
@@ -36,6 +40,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             insecure_registries: Vec::new(),
+            ca_certificates: Vec::new(),
             credentials: None,
             lookup_credentials: true,
             concurrency: 3,
@@ -63,15 +68,33 @@ impl Client {
         // ring, not reqwest's default aws-lc-rs: the same TLS for a fraction of the build
         // time (see Cargo.toml). Roots and revocation from the platform verifier (the
         // system's CA store), so a self-hosted registry's company CA just works.
-        use rustls_platform_verifier::BuilderVerifierExt;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|source| Error::Tls { source })?
-        .with_platform_verifier()
-        .map_err(|source| Error::Tls { source })?
-        .with_no_client_auth();
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut extra = Vec::new();
+        for path in &options.ca_certificates {
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::Usage(format!(
+                    "cannot read CA certificates from {}: {e}; give PEM files",
+                    path.display()
+                ))
+            };
+            let before = extra.len();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                extra.push(cert.map_err(|e| bad(&e))?);
+            }
+            if extra.len() == before {
+                return Err(bad(&"no certificate in it"));
+            }
+        }
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|source| Error::Tls { source })?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|source| Error::Tls { source })?
+            .dangerous() // not dangerous: the platform verifier, plus the caller's CAs
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(concat!("guestbox-oci/", env!("CARGO_PKG_VERSION")))
@@ -124,10 +147,18 @@ impl Client {
         let (base, ping) = match self.ping(&https).await {
             Ok(r) => (https, r),
             // Loopback or listed: plain HTTP after HTTPS, as docker does.
-            Err(_) if self.plain_http_allowed(reference.registry()) => {
+            Err(tls) if self.plain_http_allowed(reference.registry()) => {
                 let http = format!("http://{host}");
                 match self.ping(&http).await {
-                    Ok(r) => (http, r),
+                    // A registry answers /v2/ with 200 or 401; anything else (e.g. a TLS
+                    // server's 400 to plain HTTP) means HTTPS was right and failed.
+                    Ok(r) if matches!(r.status().as_u16(), 200 | 401) => (http, r),
+                    Ok(_) => {
+                        return Err(Error::Http {
+                            url: format!("{https}/v2/"),
+                            source: tls,
+                        })
+                    }
                     Err(source) => {
                         return Err(Error::Http {
                             url: format!("{http}/v2/ (and over HTTPS)"),

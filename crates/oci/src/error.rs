@@ -47,9 +47,10 @@ pub enum Error {
 
     /// HTTPS failed for a registry that may not be spoken to over plain HTTP.
     #[error(
-        "cannot reach https://{registry}/v2/: {source}; check the address and that the \
+        "cannot reach https://{registry}/v2/: {}; check the address and that the \
          registry is up. If it serves plain HTTP only, list {registry} in insecure_registries \
-         (only localhost, 127.0.0.1 and [::1] get plain HTTP without that)"
+         (only localhost, 127.0.0.1 and [::1] get plain HTTP without that)",
+        chain(source)
     )]
     Unreachable {
         registry: String,
@@ -57,7 +58,10 @@ pub enum Error {
         source: reqwest::Error,
     },
 
-    #[error("cannot reach {url}: {source}; check the registry's address and that it is up")]
+    #[error(
+        "cannot reach {url}: {}; check the registry's address and that it is up",
+        chain(source)
+    )]
     Http {
         url: String,
         #[source]
@@ -130,6 +134,22 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+/// An error and its causes, `a: b: c`: reqwest's own message names only the URL, the
+/// cause (refused, TLS, timeout) is further down, and the CLI prints `Display` alone.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 impl Error {

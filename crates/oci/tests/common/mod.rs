@@ -31,6 +31,15 @@ impl Registry {
     /// empty for none; `{dir}` stands for the registry's directory), with `files` (name,
     /// bytes) written into its directory first.
     pub fn start(auth: &str, files: &[(&str, &[u8])]) -> Registry {
+        Registry::start_config("", auth, files)
+    }
+
+    /// Like `start`, with `http` more lines of the `http:` section (e.g. `tls:`).
+    pub fn start_with(http: &str, files: &[(&str, &[u8])]) -> Registry {
+        Registry::start_config(http, "", files)
+    }
+
+    fn start_config(http: &str, auth: &str, files: &[(&str, &[u8])]) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("oci-registry-")
             .tempdir()
@@ -51,7 +60,8 @@ impl Registry {
             let config = format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n{auth}",
+                 http:\n  addr: {addr}\n{http}{auth}",
+                http = http.replace("{dir}", &dir.display().to_string()),
                 storage = dir.join("storage").display(),
                 auth = if auth.is_empty() {
                     String::new()

@@ -4,6 +4,8 @@
 //! (SEEK_DATA/SEEK_HOLE extents) against zstd at levels 1, 3 and 6 (bytes, MiB/s of
 //! input per core), in 256 MiB parts as a push cuts them.
 //!
+//! `oci-measure pull REF`: pulls REF into a temp dir and prints the report.
+//!
 //! `oci-measure push-pull REF DIR FILE...`: pushes DIR's `manifest.json` and FILEs to REF
 //! (with a fresh state directory), pushes again, pulls into a temp dir, and prints the
 //! three JSON reports (bytes on the wire, seconds). `OCI_LEVEL` sets the zstd level,
@@ -101,11 +103,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("parts") => parts(&args[1..]),
+        Some("pull") if args.len() == 2 => {
+            let r: oci::Reference = args[1].parse()?;
+            let tmp = tempfile::tempdir()?;
+            let mut popts =
+                oci::PullOptions::new(tmp.path().join("staging"), tmp.path().join("dest"));
+            popts.sync = std::env::var_os("OCI_NOSYNC").is_none();
+            let client = oci::Client::new(oci::Options::default())?;
+            let pulled = client.pull(&r, &popts, &oci::NoProgress).await?;
+            println!("pull {}", serde_json::to_string(&pulled.report)?);
+            Ok(())
+        }
         Some("push-pull") if args.len() >= 4 => {
             push_pull(&args[1], Path::new(&args[2]), &args[3..]).await
         }
         _ => {
-            eprintln!("usage: oci-measure parts FILE... | oci-measure push-pull REF DIR FILE...");
+            eprintln!("usage: oci-measure parts FILE... | pull REF | push-pull REF DIR FILE...");
             std::process::exit(2)
         }
     }

@@ -238,6 +238,41 @@ mod tests {
         assert_eq!(c[1].param("error"), Some("invalid_token"));
     }
 
+    /// The only test that touches these variables (the process's environment is shared).
+    #[test]
+    fn lookup_order_env_then_auth_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("file-user:file-pw");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"r.example:5000":{{"auth":"{b64}"}}}}}}"#),
+        )
+        .unwrap();
+        std::env::remove_var(ENV_USER);
+        std::env::remove_var(ENV_PASSWORD);
+        std::env::set_var("REGISTRY_AUTH_FILE", &path);
+        assert_eq!(
+            lookup("r.example:5000").unwrap(),
+            Some(Credentials::new("file-user", "file-pw"))
+        );
+        assert_eq!(lookup("other.example").unwrap(), None);
+        std::env::set_var(ENV_USER, "env-user");
+        let err = lookup("r.example:5000").unwrap_err();
+        assert!(
+            err.is_usage() && err.to_string().contains(ENV_PASSWORD),
+            "{err}"
+        );
+        std::env::set_var(ENV_PASSWORD, "env-pw");
+        assert_eq!(
+            lookup("r.example:5000").unwrap(),
+            Some(Credentials::new("env-user", "env-pw"))
+        );
+        std::env::remove_var(ENV_USER);
+        std::env::remove_var(ENV_PASSWORD);
+        std::env::remove_var("REGISTRY_AUTH_FILE");
+    }
+
     #[test]
     fn auth_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,633 @@
+//! Pull: resolve the manifest, check it describes a base, download every part into the
+//! staging directory (ranged GETs resume what an earlier attempt left), check each against
+//! its digest, and write the files into the destination, sparse where zero.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, ACCEPT, RANGE};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::client::{header, Session};
+use crate::error::IoContext;
+use crate::format::{
+    self, Descriptor, ImageManifest, PartInfo, ARTIFACT_TYPE, CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+};
+use crate::push::{Dedupe, Stats};
+use crate::state::State;
+use crate::{Annotations, Client, Error, Progress, Reference, Report, Result, Skip};
+
+/// A config blob larger than this is not a guestbox manifest; refuse rather than buffer it.
+const MAX_CONFIG: u64 = 16 << 20;
+const MAX_MANIFEST: usize = 4 << 20;
+/// Zero blocks of this size are left as holes in the pulled files.
+const SPARSE_BLOCK: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Partly and wholly downloaded blobs, kept across attempts (a retry resumes them);
+    /// emptied of this pull's blobs when it succeeds.
+    pub staging_dir: PathBuf,
+    /// Where the files are written (created if missing). On failure the files this pull
+    /// wrote there are removed.
+    pub dest_dir: PathBuf,
+    /// Remember which repository holds the blobs, so a later push to another repository
+    /// of the registry mounts them. None: remember nothing.
+    pub state_dir: Option<PathBuf>,
+    /// fsync every file before returning, so a base renamed into place after the pull
+    /// survives a power cut. It cost 4% of a 1.8 GiB pull here (4.17 s against 4.02 s).
+    pub sync: bool,
+}
+
+impl PullOptions {
+    pub fn new(staging_dir: PathBuf, dest_dir: PathBuf) -> Self {
+        PullOptions {
+            staging_dir,
+            dest_dir,
+            state_dir: None,
+            sync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// What a pull brought.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The config blob, byte for byte: the sealed guestbox manifest, for the caller to check.
+    pub config: Vec<u8>,
+    /// Files written into the destination, in manifest order.
+    pub files: Vec<PulledFile>,
+    /// The image manifest's annotations.
+    pub annotations: Annotations,
+    /// `report.digest` is the manifest digest.
+    pub report: Report,
+}
+
+/// Removes the files a pull created unless it succeeded, however it ends (error, panic,
+/// or the future dropped).
+struct DestGuard(Vec<PathBuf>);
+
+impl Drop for DestGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+impl Client {
+    /// The manifest digest `reference` names now (a pinned digest is returned as is), so a
+    /// caller holding that digest already can skip the pull.
+    pub async fn resolve(&self, reference: &Reference) -> Result<String> {
+        if let Some(d) = reference.digest() {
+            return Ok(d.to_string());
+        }
+        let session = self.session(reference, "pull", &[]).await?;
+        let url = session.url(&format!("manifests/{}", reference.manifest_ref()));
+        let resp = session
+            .send(
+                Method::HEAD,
+                &url,
+                header("accept", MANIFEST_MEDIA_TYPE),
+                None,
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(session.fail(&Method::HEAD, &url, resp).await);
+        }
+        match resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(d) if crate::reference::parse_digest(d).is_ok() => Ok(d.to_string()),
+            // Not every registry sends it on HEAD: hash the manifest itself.
+            _ => Ok(fetch_manifest(&session, reference).await?.0),
+        }
+    }
+
+    /// Pulls the base `reference` names into `opts.dest_dir`.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        opts: &PullOptions,
+        progress: &dyn Progress,
+    ) -> Result<Pulled> {
+        let started = Instant::now();
+        let session = self.session(reference, "pull", &[]).await?;
+        let (digest, manifest) = fetch_manifest(&session, reference).await?;
+        check_is_base(reference, &manifest)?;
+        let layers = format::parse_layers(&reference.to_string(), &manifest)?;
+        fs::create_dir_all(&opts.staging_dir).at("creating", &opts.staging_dir)?;
+        fs::create_dir_all(&opts.dest_dir).at("creating", &opts.dest_dir)?;
+
+        let ctx = Ctx {
+            session,
+            staging: opts.staging_dir.clone(),
+            dest: opts.dest_dir.clone(),
+            progress,
+            stats: Stats::default(),
+            dedupe: Dedupe::default(),
+            attempts: self.options.attempts,
+        };
+
+        // The config first: it is small, and a caller may refuse the base on it.
+        if manifest.config.size > MAX_CONFIG {
+            return Err(Error::Manifest {
+                reference: reference.to_string(),
+                reason: format!("its config blob is {} bytes", manifest.config.size),
+            });
+        }
+        let config_path = ctx.fetch_blob(&manifest.config, None, "the config").await?;
+        let config = fs::read(&config_path).at("reading", &config_path)?;
+
+        // Every file, created empty at its size: sparse until parts land in it.
+        let mut files: Vec<PulledFile> = Vec::new();
+        let mut guard = DestGuard(Vec::new());
+        for (part, _) in &layers {
+            if part.index != 0 {
+                continue;
+            }
+            let path = opts.dest_dir.join(&part.file);
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .at("creating", &path)?;
+            guard.0.push(path.clone());
+            f.set_len(part.file_size).at("sizing", &path)?;
+            files.push(PulledFile {
+                name: part.file.clone(),
+                size: part.file_size,
+            });
+        }
+        let parts: Vec<PartInfo> = layers.iter().map(|(p, _)| p.clone()).collect();
+        progress.begin(&parts);
+
+        // Futures made first, not in a `map` closure, so the pull future stays `Send`.
+        let jobs: Vec<_> = layers
+            .iter()
+            .map(|(part, desc)| ctx.pull_part(part, desc))
+            .collect();
+        futures::stream::iter(jobs)
+            .buffered(self.options.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for f in files.iter().filter(|_| opts.sync) {
+            let path = opts.dest_dir.join(&f.name);
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .at("syncing", &path)?;
+        }
+        guard.0.clear();
+
+        // Done: the staged blobs are no longer needed.
+        let _ = fs::remove_file(&config_path);
+        for (_, desc) in &layers {
+            let _ = fs::remove_file(ctx.blob_path(&desc.digest));
+        }
+        let state = State::open(opts.state_dir.as_deref())?;
+        let mut all: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+        all.push(&manifest.config.digest);
+        state.record_blobs(reference.registry(), reference.repository(), all)?;
+
+        let s = &ctx.stats;
+        Ok(Pulled {
+            config,
+            files: files.clone(),
+            annotations: manifest.annotations.clone(),
+            report: Report {
+                reference: reference.to_string(),
+                digest,
+                blobs: manifest.layers.len() + 1,
+                blobs_transferred: s.transferred.load(Ordering::Relaxed),
+                blobs_skipped: s.skipped.load(Ordering::Relaxed),
+                blobs_mounted: 0,
+                bytes_transferred: s.bytes.load(Ordering::Relaxed),
+                bytes_resumed: s.resumed.load(Ordering::Relaxed),
+                bytes_blobs: manifest.layers.iter().map(|l| l.size).sum::<u64>()
+                    + manifest.config.size,
+                bytes_files: files.iter().map(|f| f.size).sum(),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        })
+    }
+}
+
+/// The manifest `reference` names and its digest, checked against a pinned digest.
+async fn fetch_manifest(
+    session: &Session,
+    reference: &Reference,
+) -> Result<(String, ImageManifest)> {
+    let url = session.url(&format!("manifests/{}", reference.manifest_ref()));
+    let resp = session
+        .send(
+            Method::GET,
+            &url,
+            header("accept", MANIFEST_MEDIA_TYPE),
+            None,
+        )
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(session.fail(&Method::GET, &url, resp).await);
+    }
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.bytes().await.map_err(|source| Error::Http {
+        url: url.clone(),
+        source,
+    })?;
+    if body.len() > MAX_MANIFEST {
+        return Err(Error::Manifest {
+            reference: reference.to_string(),
+            reason: format!("it is {} bytes", body.len()),
+        });
+    }
+    let digest = format::sha256_digest(&body);
+    if let Some(pinned) = reference.digest() {
+        if pinned != digest {
+            return Err(Error::Digest {
+                digest: pinned.to_string(),
+                actual: digest,
+                what: "the image manifest".into(),
+            });
+        }
+    }
+    let manifest: ImageManifest = serde_json::from_slice(&body).map_err(|e| Error::NotABase {
+        reference: reference.to_string(),
+        found: format!("a {content_type:?} document that is no OCI image manifest ({e})"),
+    })?;
+    Ok((digest, manifest))
+}
+
+fn check_is_base(reference: &Reference, m: &ImageManifest) -> Result<()> {
+    let media = m.media_type.as_deref().unwrap_or(MANIFEST_MEDIA_TYPE);
+    let ok = media == MANIFEST_MEDIA_TYPE
+        && m.schema_version == 2
+        && m.config.media_type == CONFIG_MEDIA_TYPE
+        && m.artifact_type
+            .as_deref()
+            .is_none_or(|t| t == ARTIFACT_TYPE);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::NotABase {
+            reference: reference.to_string(),
+            found: format!(
+                "a {media} with artifact type {:?} and config {:?}",
+                m.artifact_type.as_deref().unwrap_or("(none)"),
+                m.config.media_type
+            ),
+        })
+    }
+}
+
+struct Ctx<'a> {
+    session: Session,
+    staging: PathBuf,
+    dest: PathBuf,
+    progress: &'a dyn Progress,
+    stats: Stats,
+    dedupe: Dedupe,
+    attempts: u32,
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// sha256 and length of a file's bytes.
+fn hash_file(path: &Path) -> std::io::Result<(Sha256, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            return Ok((h, n));
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+}
+
+impl Ctx<'_> {
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.staging.join(format!("{}.blob", hex_of(digest)))
+    }
+
+    async fn pull_part(&self, part: &PartInfo, desc: &Descriptor) -> Result<()> {
+        let blob = self.fetch_blob(desc, Some(part), &part.label()).await?;
+        let (dest, offset, length) = (self.dest.join(&part.file), part.offset, part.length);
+        let what = part.label();
+        tokio::task::spawn_blocking(move || unpack(&blob, &dest, offset, length, &what))
+            .await
+            .map_err(|source| Error::Task { source })??;
+        self.progress.part_finished(part);
+        Ok(())
+    }
+
+    /// A verified copy of blob `desc` in the staging directory, downloading what is missing.
+    async fn fetch_blob(
+        &self,
+        desc: &Descriptor,
+        part: Option<&PartInfo>,
+        what: &str,
+    ) -> Result<PathBuf> {
+        let lock = self.dedupe.lock_for(&desc.digest);
+        let mut seen = lock.lock().await;
+        let path = self.blob_path(&desc.digest);
+        let skip = |why: Skip| {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = part {
+                self.progress.part_skipped(p, &why);
+            }
+        };
+        if *seen {
+            skip(Skip::Duplicate);
+            return Ok(path);
+        }
+        if path.exists() {
+            let (p, d) = (path.clone(), desc.clone());
+            let good = tokio::task::spawn_blocking(move || {
+                hash_file(&p).is_ok_and(|(h, n)| {
+                    n == d.size && format!("sha256:{:x}", h.finalize()) == d.digest
+                })
+            })
+            .await
+            .map_err(|source| Error::Task { source })?;
+            if good {
+                *seen = true;
+                skip(Skip::Staged);
+                return Ok(path);
+            }
+            let _ = fs::remove_file(&path);
+        }
+        self.stats.transferred.fetch_add(1, Ordering::Relaxed);
+        let mut attempt = 1;
+        loop {
+            match self.download(desc, part, what, &path).await {
+                Err(e) if e.is_transient() && attempt < self.attempts => {
+                    tracing::warn!(
+                        "downloading {} (attempt {attempt}): {e}; resuming",
+                        desc.digest
+                    );
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    *seen = true;
+                    return Ok(path);
+                }
+            }
+        }
+    }
+
+    async fn download(
+        &self,
+        desc: &Descriptor,
+        part: Option<&PartInfo>,
+        what: &str,
+        dest: &Path,
+    ) -> Result<()> {
+        let s = &self.session;
+        let partial = dest.with_extension("partial");
+        // What an earlier attempt left: hash it again (it is ours, but a disk can lie),
+        // then ask only for the rest.
+        let (mut hasher, mut have) = match hash_file(&partial) {
+            Ok((h, n)) if n <= desc.size => (h, n),
+            _ => {
+                let _ = fs::remove_file(&partial);
+                (Sha256::new(), 0)
+            }
+        };
+        let url = s.url(&format!("blobs/{}", desc.digest));
+        let mut headers = HeaderMap::new();
+        if have > 0 {
+            headers.insert(
+                RANGE,
+                reqwest::header::HeaderValue::from_str(&format!("bytes={have}-"))
+                    .map_err(|_| Error::Usage("bad range".into()))?,
+            );
+        }
+        headers.insert(ACCEPT, reqwest::header::HeaderValue::from_static("*/*"));
+        let mut resp = if have < desc.size || desc.size == 0 {
+            let resp = s.send(Method::GET, &url, headers, None).await?;
+            match resp.status() {
+                StatusCode::PARTIAL_CONTENT if have > 0 => {}
+                StatusCode::OK => {
+                    // The whole blob (no range support): start the partial file over.
+                    hasher = Sha256::new();
+                    have = 0;
+                }
+                _ => return Err(s.fail(&Method::GET, &url, resp).await),
+            }
+            Some(resp)
+        } else {
+            None
+        };
+        if have > 0 {
+            self.stats.resumed.fetch_add(have, Ordering::Relaxed);
+        }
+        if let Some(p) = part {
+            self.progress.part_started(p, desc.size, have);
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(have > 0)
+            .write(true)
+            .truncate(have == 0)
+            .open(&partial)
+            .at("creating", &partial)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        while let Some(r) = resp.as_mut() {
+            let chunk = r.chunk().await.map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            });
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes after it.
+                    file.write_all(&buf).at("writing", &partial)?;
+                    return Err(e);
+                }
+            };
+            let Some(chunk) = chunk else { break };
+            if have + (chunk.len() as u64) > desc.size {
+                let _ = fs::remove_file(&partial);
+                return Err(Error::Size {
+                    digest: desc.digest.clone(),
+                    what: what.to_string(),
+                    expected: desc.size,
+                    actual: have + chunk.len() as u64,
+                });
+            }
+            hasher.update(&chunk);
+            buf.extend_from_slice(&chunk);
+            have += chunk.len() as u64;
+            self.stats.add_bytes(chunk.len() as u64);
+            if buf.len() >= 1 << 20 {
+                file.write_all(&buf).at("writing", &partial)?;
+                buf.clear();
+                if let Some(p) = part {
+                    self.progress.part_bytes(p, have, desc.size);
+                }
+            }
+        }
+        file.write_all(&buf).at("writing", &partial)?;
+        if let Some(p) = part {
+            self.progress.part_bytes(p, have, desc.size);
+        }
+        drop(file);
+        let actual = format!("sha256:{:x}", hasher.finalize());
+        if have != desc.size {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::Size {
+                digest: desc.digest.clone(),
+                what: what.to_string(),
+                expected: desc.size,
+                actual: have,
+            });
+        }
+        if actual != desc.digest {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::Digest {
+                digest: desc.digest.clone(),
+                actual,
+                what: format!("{what} from {}/{}", s.registry, s.repository),
+            });
+        }
+        fs::rename(&partial, dest).at("renaming into place", dest)
+    }
+}
+
+/// Decompresses the zstd frame in `blob` into `dest` at `offset`: exactly `length` bytes,
+/// zero blocks skipped so the file stays sparse where the original was zero.
+fn unpack(blob: &Path, dest: &Path, offset: u64, length: u64, what: &str) -> Result<()> {
+    let input = File::open(blob).at("opening", blob)?;
+    let out = OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .at("opening", dest)?;
+    let zerr = |source| Error::Zstd {
+        what: format!("decompressing {what}"),
+        source,
+    };
+    let mut dec = zstd::stream::read::Decoder::new(input).map_err(zerr)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let zero = [0u8; SPARSE_BLOCK];
+    let mut pos = 0u64;
+    loop {
+        // Fill the buffer whole, so blocks stay aligned to SPARSE_BLOCK.
+        let mut n = 0;
+        while n < buf.len() {
+            let k = dec.read(&mut buf[n..]).map_err(zerr)?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        if n == 0 {
+            break;
+        }
+        if pos + n as u64 > length {
+            return Err(Error::Manifest {
+                reference: what.to_string(),
+                reason: format!("the part unpacks to more than its {length} bytes"),
+            });
+        }
+        let mut i = 0;
+        while i < n {
+            let end = (i + SPARSE_BLOCK).min(n);
+            if buf[i..end] == zero[..end - i] {
+                i = end;
+                continue;
+            }
+            // A run of non-zero blocks, written at once.
+            let mut j = end;
+            while j < n {
+                let e = (j + SPARSE_BLOCK).min(n);
+                if buf[j..e] == zero[..e - j] {
+                    break;
+                }
+                j = e;
+            }
+            out.write_all_at(&buf[i..j], offset + pos + i as u64)
+                .at("writing", dest)?;
+            i = j;
+        }
+        pos += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    if pos != length {
+        return Err(Error::Manifest {
+            reference: what.to_string(),
+            reason: format!("the part unpacks to {pos} bytes, not {length}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpack_writes_exact_bytes_and_leaves_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut data = vec![0u8; 8 << 20];
+        for (i, b) in data[3 << 20..(3 << 20) + 5000].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        data[(8 << 20) - 1] = 7;
+        fs::write(&src, &data).unwrap();
+        let blob = dir.path().join("blob");
+        fs::write(
+            &blob,
+            crate::push::compress_part(&src, 0, data.len() as u64, 3).unwrap(),
+        )
+        .unwrap();
+        let dest = dir.path().join("dest");
+        File::create(&dest)
+            .unwrap()
+            .set_len(data.len() as u64)
+            .unwrap();
+        unpack(&blob, &dest, 0, data.len() as u64, "t").unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), data);
+        use std::os::unix::fs::MetadataExt;
+        let blocks = fs::metadata(&dest).unwrap().blocks() * 512;
+        assert!(
+            blocks < 1 << 20,
+            "{blocks} bytes allocated for 8 MiB of mostly zeros"
+        );
+        // A length that disagrees with the frame is refused.
+        let err = unpack(&blob, &dest, 0, 1 << 20, "t").unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        let err = unpack(&blob, &dest, 0, 9 << 20, "t").unwrap_err();
+        assert!(err.to_string().contains("not"), "{err}");
+    }
+}

@@ -2,16 +2,92 @@
 //! share it mounted at bootstrap), open a session on the SSH master, pump its output to the
 //! host, and return its exit status.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use link::proto::{write_frame, Event, FrameKind, Run};
 use link::shares;
 
-use crate::serve::{send, StdinSink, Writer};
+use crate::serve::{send, Input, StdinSink, Writer};
 use crate::{mux, ssh};
+
+/// A new terminal of `rows` × `cols` with the kernel's default (sane) modes: (the side
+/// guestbox writes the host's keys to, the side the SSH master reads).
+fn terminal(rows: u16, cols: u16) -> io::Result<(File, OwnedFd)> {
+    let (mut host_side, mut ours) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; a null name and termios mean "none" and
+    // "the default modes"; the winsize is valid for the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut host_side,
+            &mut ours,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            if rows > 0 && cols > 0 {
+                &size
+            } else {
+                std::ptr::null()
+            },
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+    let (host_side, ours) =
+        unsafe { (OwnedFd::from_raw_fd(host_side), OwnedFd::from_raw_fd(ours)) };
+    for fd in [&host_side, &ours] {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((File::from(host_side), ours))
+}
+
+/// No line discipline on this terminal any more: bytes pass as they are.
+fn make_raw(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: termios is plain data that tcgetattr fills; the descriptor is ours.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd.as_raw_fd(), &mut t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::cfmakeraw(&mut t);
+        if libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The host's terminal changed size: this terminal takes it, and the SSH master, told by
+/// SIGWINCH as `ssh -S` tells it, passes it on to the guest.
+pub(crate) fn resize(terminal: &File, rows: u16, cols: u16, master: i32) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: an ioctl and a kill with valid arguments.
+    unsafe {
+        if libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::kill(master, libc::SIGWINCH) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// mount(2) directly: a run is on the critical path, and a mount(8) process costs a fork
 /// and an exec under emulation.
@@ -63,37 +139,76 @@ fn set_clock(seconds: i64) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs one job: its volumes, then its command in the guest; returns the exit status.
-pub(crate) fn run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32> {
+/// Runs one job: its volumes (those not mounted yet), then its command in the guest;
+/// returns the exit status.
+pub(crate) fn run(
+    job: &Run,
+    writer: &Writer,
+    stdin_sink: &StdinSink,
+    mounted: &mut BTreeSet<String>,
+) -> io::Result<i32> {
     if let Some(t) = job.time {
         set_clock(t)?;
     }
     for m in &job.mounts {
+        if mounted.contains(&m.tag) {
+            continue;
+        }
         let target = format!("{}/{}", shares::SHARE_ROOT, m.tag);
         mount_9p(&m.tag, &target, m.readonly)
             .map_err(|e| io::Error::other(format!("mounting {}: {e}", m.tag)))?;
+        mounted.insert(m.tag.clone());
     }
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
-    let stdin = if job.stdin {
-        let (read, write) = pipe()?;
-        *stdin_sink
-            .lock()
-            .map_err(|_| io::Error::other("stdin poisoned"))? = Some(File::from(write));
-        read
-    } else {
-        OwnedFd::from(File::open("/dev/null")?)
+    let master = Path::new(ssh::MASTER);
+    // A terminal job reads a terminal here, so that the SSH master takes sane modes from
+    // it for the guest's terminal (from a pipe it would send all-zero modes: no output
+    // processing, and every line a step to the right) and its size.
+    let (stdin, input, terminal) = match (&job.tty, job.stdin) {
+        (Some(tty), _) => {
+            let (host_side, ours) = terminal(tty.rows, tty.cols)?;
+            let pid = mux::master_pid(master)?;
+            (
+                ours.try_clone()?,
+                Some(Input {
+                    file: host_side,
+                    tty_master: Some(pid),
+                }),
+                Some(ours),
+            )
+        }
+        (None, true) => {
+            let (read, write) = pipe()?;
+            (
+                read,
+                Some(Input {
+                    file: File::from(write),
+                    tty_master: None,
+                }),
+                None,
+            )
+        }
+        (None, false) => (OwnedFd::from(File::open("/dev/null")?), None, None),
     };
+    *stdin_sink
+        .lock()
+        .map_err(|_| io::Error::other("stdin poisoned"))? = input;
     let mut session = mux::open(
-        Path::new(ssh::MASTER),
+        master,
         &job.script,
         job.tty.as_ref().map(|t| t.term.as_str()),
         &stdin,
         &stdout_write,
         &stderr_write,
     )?;
+    // The master has read the terminal's modes: from now on it passes bytes through
+    // untouched, in both directions (the guest's terminal does the processing).
+    if let Some(t) = &terminal {
+        make_raw(t)?;
+    }
     // The master holds its own copies now; ours must go or the pipes never reach EOF.
-    drop((stdin, stdout_write, stderr_write));
+    drop((stdin, stdout_write, stderr_write, terminal));
     send(writer, &Event::Started)?;
     let pumps: Vec<_> = [
         (stdout_read, FrameKind::Stdout),
@@ -131,7 +246,7 @@ pub(crate) fn run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Res
     drop(session);
     let code = code?;
     // As in the original: the exit code also lands in the exchange directory.
-    if job.mounts.iter().any(|m| m.tag == shares::XCHG_TAG) {
+    if mounted.contains(shares::XCHG_TAG) {
         fs::write(
             format!(
                 "{}/{}/{}",

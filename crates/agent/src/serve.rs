@@ -14,8 +14,16 @@ use crate::{console, job, run_cmd, ssh};
 /// The port's write side, shared by the loop and a job's output pumps.
 pub(crate) type Writer = Arc<Mutex<File>>;
 
-/// Where Stdin frames go while a job reads its stdin.
-pub(crate) type StdinSink = Arc<Mutex<Option<File>>>;
+/// Where Stdin (and Resize) frames go while a job reads its stdin.
+pub(crate) type StdinSink = Arc<Mutex<Option<Input>>>;
+
+/// A running job's input: a pipe, or the controller-side terminal the SSH master reads
+/// (then resizes go to that terminal, and SIGWINCH to the master).
+pub(crate) struct Input {
+    pub file: File,
+    /// The SSH master's pid, for a job with a terminal.
+    pub tty_master: Option<i32>,
+}
 
 pub(crate) fn send(writer: &Writer, event: &Event) -> io::Result<()> {
     let mut w = writer
@@ -32,6 +40,9 @@ pub(crate) fn serve(port: &Path) -> io::Result<()> {
     let (requests, incoming) = std::sync::mpsc::channel::<Vec<u8>>();
     let sink = stdin_sink.clone();
     std::thread::spawn(move || read_frames(reader, requests, sink));
+    // 9p tags mounted so far: a revived controller starts with none, and a session's
+    // later jobs reuse them.
+    let mut mounted = std::collections::BTreeSet::new();
     loop {
         let Ok(payload) = incoming.recv() else {
             return Err(io::Error::other("the control port reader stopped"));
@@ -46,7 +57,7 @@ pub(crate) fn serve(port: &Path) -> io::Result<()> {
                     message: format!("setup: {e}"),
                 },
             },
-            Ok(Request::Run(run)) => match job::run(&run, &writer, &stdin_sink) {
+            Ok(Request::Run(run)) => match job::run(&run, &writer, &stdin_sink, &mut mounted) {
                 Ok(code) => Event::Exit { code },
                 Err(e) => Event::Error {
                     message: e.to_string(),
@@ -133,10 +144,22 @@ fn read_frames(mut reader: File, requests: std::sync::mpsc::Sender<Vec<u8>>, std
                 let Ok(mut sink) = stdin.lock() else { return };
                 if data.is_empty() {
                     *sink = None;
-                } else if let Some(pipe) = sink.as_mut() {
+                } else if let Some(input) = sink.as_mut() {
                     // The command may have closed its stdin: then the input has nowhere to go.
-                    if pipe.write_all(&data).is_err() {
+                    if input.file.write_all(&data).is_err() {
                         *sink = None;
+                    }
+                }
+            }
+            Ok((FrameKind::Resize, data)) => {
+                let Ok(sink) = stdin.lock() else { return };
+                if let (Some(input), Some((rows, cols))) =
+                    (sink.as_ref(), proto::parse_resize(&data))
+                {
+                    if let Some(master) = input.tty_master {
+                        if let Err(e) = crate::job::resize(&input.file, rows, cols, master) {
+                            console(&format!("guestbox-agent: resizing the terminal: {e}"));
+                        }
                     }
                 }
             }

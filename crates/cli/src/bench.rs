@@ -176,6 +176,7 @@ async fn quiet_run(dirs: &Dirs, base: &Base, opts: &RunOptions) -> Result<(Outco
         stdin: None,
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     let outcome = run(&Store::new(dirs), base, opts, &mut streams).await?;
     if outcome.exit_code != 0 {

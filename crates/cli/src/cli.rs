@@ -224,6 +224,13 @@ pub struct JobArgs {
     /// Leave the guest's clock where the snapshot froze it (default: set it to host time).
     #[arg(long)]
     pub keep_snapshot_time: bool,
+    /// INSECURE, for debugging a flaky build only: replay the snapshot's randomness bit
+    /// for bit. Every run then sees the same random numbers, keys, tokens and UUIDs as
+    /// every other run of this base (processes that run side by side may still take them
+    /// in another order). By default each revive is a new VM generation and the guest's
+    /// kernel is reseeded from the host before the command starts.
+    #[arg(long)]
+    pub replay_snapshot_randomness: bool,
     #[command(flatten)]
     pub image: ImageArgs,
     #[command(flatten)]

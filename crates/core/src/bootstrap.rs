@@ -19,7 +19,7 @@ use crate::images::{self, kernel_append, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
 use crate::machine::qemu::{self, QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
-use crate::pair::{PairConfig, PairFiles, PairSockets, RamMode, RunDir};
+use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::store::{self, files, Base, Manifest, Secrets, Store, BASE_FORMAT};
@@ -223,13 +223,13 @@ async fn build(
         controller: dir.join(files::CONTROLLER_RAM),
     };
     let shares = lifecycle::idle_shares(sockets_dir.path())?;
-    let (guest, controller) = lifecycle::start(
-        qemu,
-        pair.guest_spec(&files, &ram, &sockets),
-        pair.controller_spec(&files, &ram, &sockets, &shares),
-        opts.timeout,
-    )
-    .await?;
+    let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
+    let mut controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+    for spec in [&mut guest_spec, &mut controller_spec] {
+        spec.generation_id = Some(generation(id, false));
+    }
+    let (guest, controller) =
+        lifecycle::start(qemu, guest_spec, controller_spec, opts.timeout).await?;
     step.done();
     timings.insert("boot".into(), t.elapsed().as_secs_f64());
 

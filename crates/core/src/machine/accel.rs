@@ -152,6 +152,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         console_log: dir.path().join("console.log"),
         qmp_socket: short.join("qmp.sock"),
         rtc: Rtc::default(),
+        generation_id: None,
         incoming: false,
         inherit: Some(short.clone()),
     };

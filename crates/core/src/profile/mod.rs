@@ -34,6 +34,9 @@ pub struct GuestJob {
     /// Host time to set in the guest first (seconds since the epoch); None keeps the
     /// snapshot's clock.
     pub time: Option<i64>,
+    /// Host random bytes (hex) the guest's kernel reseeds from before the command; None
+    /// replays the snapshot's randomness.
+    pub seed: Option<String>,
     pub mounts: Vec<GuestMount>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,

@@ -26,10 +26,10 @@ use tokio::io::AsyncWriteExt;
 pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
-use crate::host::programs;
+use crate::host::{fs::random_hex, programs};
 use crate::machine::{overlay, qemu, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
-use crate::pair::{ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
+use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::{GuestJob, GuestMount, Profile};
 use crate::store::{files, quick_check, Base, Store};
 use crate::{Error, IoContext, Result};
@@ -48,6 +48,10 @@ pub struct SessionOptions {
     pub cold: bool,
     /// Cold boot readiness timeout.
     pub boot_timeout: Duration,
+    /// INSECURE, for debugging only: revive with the snapshot's randomness, bit for bit (no
+    /// new VM generation, no reseed from the host), so every run sees the random numbers,
+    /// keys and UUIDs of every other.
+    pub replay_snapshot_randomness: bool,
 }
 
 /// One command in a session.
@@ -59,8 +63,19 @@ pub struct Command {
     pub timeout: Option<Duration>,
     /// Keep the guest's clock where the snapshot froze it instead of setting host time.
     pub keep_snapshot_time: bool,
-    /// Give the command a terminal in the guest with this `$TERM` (`guestbox shell`).
-    pub tty: Option<String>,
+    /// Give the command a terminal in the guest (`guestbox shell`).
+    pub tty: Option<Terminal>,
+}
+
+/// The terminal a command gets in the guest.
+#[derive(Debug, Clone, Default)]
+pub struct Terminal {
+    /// `$TERM` there.
+    pub term: String,
+    /// The host terminal's size when the command starts; later changes come through
+    /// [`Streams::window`].
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// `guestbox run`: one command in a fresh session.
@@ -103,6 +118,7 @@ pub struct Session {
     revive: Duration,
     /// Set once a command was cut off: the guest may still be running it.
     spent: bool,
+    replay_snapshot_randomness: bool,
     // Dropped after the VMs (declaration order): their files live in it.
     _run_dir: RunDir,
     _hold: File,
@@ -184,6 +200,7 @@ impl Session {
             started,
             revive: started.elapsed(),
             spent: false,
+            replay_snapshot_randomness: opts.replay_snapshot_randomness,
             _run_dir: run_dir,
             _hold: hold,
         })
@@ -223,8 +240,14 @@ impl Session {
                 .map(|d| d.as_secs() as i64)
         };
         let (mounts, guest_mounts) = self.pending.take().unwrap_or_default();
+        let seed = if self.replay_snapshot_randomness {
+            None
+        } else {
+            Some(random_hex(64)?)
+        };
         let job = GuestJob {
             time,
+            seed,
             mounts: guest_mounts,
             env: command.env.clone(),
             workdir: command.workdir.clone(),
@@ -235,7 +258,11 @@ impl Session {
             mounts,
             script: self.profile.run_script(&job)?,
             stdin: streams.stdin.is_some(),
-            tty: command.tty.clone().map(|term| proto::Tty { term }),
+            tty: command.tty.clone().map(|t| proto::Tty {
+                term: t.term,
+                rows: t.rows,
+                cols: t.cols,
+            }),
         };
         let console = self.sockets.console("controller");
         let channel = lifecycle::connect(&self.sockets).await?;
@@ -385,10 +412,19 @@ async fn launch(
             controller: base.file(files::CONTROLLER_RAM),
             readonly: qemu::private_ram_can_be_readonly(base.manifest.qemu_version),
         };
+        let mut guest = pair.guest_spec(&overlays, &ram, sockets);
+        let mut controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        // The devices are the snapshot's; a fresh generation makes both kernels reseed.
+        for spec in [&mut guest, &mut controller] {
+            spec.generation_id = Some(generation(
+                &base.manifest.id,
+                !opts.replay_snapshot_randomness,
+            ));
+        }
         lifecycle::revive(
             qemu,
-            pair.guest_spec(&overlays, &ram, sockets),
-            pair.controller_spec(&overlays, &ram, sockets, devices),
+            guest,
+            controller,
             &base.file(files::GUEST_STATE),
             &base.file(files::CONTROLLER_STATE),
         )

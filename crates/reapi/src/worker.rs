@@ -473,7 +473,8 @@ impl<E: Executor> Bot<'_, E> {
                     bot_id: self.config.bot_id.clone(),
                     status: self.status(),
                     worker: Some(self.describe_worker()),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    // BuildGrid reads this field as its own lease-version counter (an
+                    // integer), not as the bot's version: it stays empty.
                     ..Default::default()
                 }),
             };
@@ -484,12 +485,7 @@ impl<E: Executor> Bot<'_, E> {
                 .await;
             match r {
                 Ok(resp) => {
-                    let mut s = resp.into_inner();
-                    // Our version string went in; from now on the field is BuildGrid's lease
-                    // version, echoed back as the server set it.
-                    if s.version == env!("CARGO_PKG_VERSION") {
-                        s.version.clear();
-                    }
+                    let s = resp.into_inner();
                     self.stats.sessions_created.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(bot = %self.config.bot_id, session = %s.name, url = %self.config.endpoint, "joined the farm");
                     self.last_ok = Instant::now();

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::cas::{key, Cas};
 use crate::error::LeaseError;
@@ -235,24 +235,18 @@ async fn copy_new(src: &Path, dst: &Path) -> Result<(), LeaseError> {
 /// A relative path of the Command (working directory or output), checked: no root, no
 /// `.`/`..`, no empty components. Empty means "the directory itself".
 pub(crate) fn relative_path(p: &str, what: &str) -> Result<PathBuf, LeaseError> {
-    let path = Path::new(p);
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            _ => {
-                return Err(LeaseError::Invalid(format!(
-                    "{what} {p:?} must be a relative path without '.' or '..'"
-                )))
-            }
-        }
+    if p.is_empty() {
+        return Ok(PathBuf::new());
     }
-    if p.contains("//") || p.contains('\0') {
+    // Split by hand: Path::components would quietly drop "a/./b"'s "." and a trailing "/".
+    if p.split('/')
+        .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'))
+    {
         return Err(LeaseError::Invalid(format!(
-            "{what} {p:?} is not a clean path"
+            "{what} {p:?} must be a clean relative path (no leading or trailing '/', no '.' or '..')"
         )));
     }
-    Ok(out)
+    Ok(PathBuf::from(p))
 }
 
 /// Makes directory `rel` under `root`, one component at a time, refusing to pass through
@@ -278,4 +272,45 @@ pub(crate) async fn make_dirs_under(root: &Path, rel: &Path) -> Result<(), Lease
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative_path("", "p").ok(), Some(PathBuf::new()));
+        assert_eq!(relative_path("a/b", "p").ok(), Some(PathBuf::from("a/b")));
+        for bad in [
+            "/abs", "../up", "a/../b", "./a", "a//b", "a/./b", "a/", "a\0b",
+        ] {
+            assert!(relative_path(bad, "output path").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        let d = Path::new("d");
+        assert!(check_name("ok.txt", d).is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(check_name(bad, d).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dirs_are_not_made_through_symlinks() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).expect("mkdir");
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        assert!(make_dirs_under(&root, Path::new("link/x")).await.is_err());
+        assert!(!outside.join("x").exists());
+        make_dirs_under(&root, Path::new("a/b/c"))
+            .await
+            .expect("plain dirs");
+        assert!(root.join("a/b/c").is_dir());
+    }
 }

@@ -1085,3 +1085,92 @@ async fn remove_tree(dir: &Path) {
         tracing::warn!(dir = %dir.display(), "cannot remove a job directory: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("grpc://127.0.0.1:50051")
+                .map(|e| e.uri().to_string())
+                .ok(),
+            Some("http://127.0.0.1:50051/".to_string())
+        );
+        assert!(parse_endpoint("http://build.example:8980/").is_ok());
+        assert!(parse_endpoint("grpc://[::1]:8980").is_ok());
+        for (bad, why) in [
+            ("127.0.0.1:50051", "no scheme"),
+            ("grpcs://h:1", "TLS"),
+            ("ftp://h:1", "scheme"),
+            ("grpc://h", "no port"),
+            ("grpc://[::1]", "no port"),
+            ("grpc://h:99999", "port"),
+            ("grpc://h:1/instance", "just HOST:PORT"),
+            ("grpc://", "just HOST:PORT"),
+        ] {
+            let e = parse_endpoint(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn lease_statuses() {
+        let l = completed_lease(
+            "a".into(),
+            &Err(LeaseError::MissingBlobs(vec!["h/3".into()])),
+        );
+        let s = l.status.expect("status");
+        assert_eq!(s.code, tonic::Code::FailedPrecondition as i32);
+        assert_eq!(s.details.len(), 1);
+        assert_eq!(l.state, LeaseState::Completed as i32);
+        assert!(l.result.is_none());
+        let infra = crate::ExecutorError::unavailable("no guest");
+        let l = completed_lease("b".into(), &Err(LeaseError::Executor(infra)));
+        let s = l.status.expect("status");
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (tonic::Code::Unavailable as i32, "no guest")
+        );
+        let ok = completed_lease(
+            "c".into(),
+            &Ok((
+                ActionResult {
+                    exit_code: 7,
+                    ..Default::default()
+                },
+                None,
+            )),
+        );
+        assert_eq!(ok.status.expect("status").code, 0);
+        let any = ok.result.expect("result");
+        assert!(any
+            .type_url
+            .ends_with("build.bazel.remote.execution.v2.ActionResult"));
+        assert_eq!(
+            ActionResult::decode(any.value.as_slice())
+                .expect("decode")
+                .exit_code,
+            7
+        );
+        let late = completed_lease(
+            "d".into(),
+            &Ok((ActionResult::default(), Some("late".into()))),
+        );
+        assert_eq!(
+            late.status.expect("status").code,
+            tonic::Code::DeadlineExceeded as i32
+        );
+        assert!(late.result.is_some());
+    }
+
+    #[test]
+    fn lease_ids_become_file_names() {
+        assert_eq!(file_safe("a/b:c-9"), "a_b_c-9");
+        assert_eq!(file_safe(&"x".repeat(100)).len(), 64);
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::farm::{register_exit_hook, target_tmp, CLEANUP};
@@ -14,7 +14,9 @@ pub struct Bazel {
     pub workspace: PathBuf,
     output_user_root: PathBuf,
     output_base: PathBuf,
-    lock: Mutex<()>,
+    // Async: tests hold it across awaits (each test has its own runtime; tokio's
+    // mutex works across runtimes).
+    lock: tokio::sync::Mutex<()>,
 }
 
 /// What one Bazel command did.
@@ -35,14 +37,17 @@ pub fn bazel() -> &'static Bazel {
         let _ = std::fs::remove_dir_all(&mine);
         let workspace = mine.join("ws");
         std::fs::create_dir_all(&workspace).expect("create the Bazel workspace");
-        std::fs::write(workspace.join("WORKSPACE"), "workspace(name = \"reapi_tests\")\n")
-            .expect("write WORKSPACE");
+        std::fs::write(
+            workspace.join("WORKSPACE"),
+            "workspace(name = \"reapi_tests\")\n",
+        )
+        .expect("write WORKSPACE");
         let b = Bazel {
             workspace,
             // Shared by runs: Bazel unpacks its install base there once.
             output_user_root: root.join("user-root"),
             output_base: mine.join("output-base"),
-            lock: Mutex::new(()),
+            lock: tokio::sync::Mutex::new(()),
         };
         if let Ok(mut c) = CLEANUP.lock() {
             let mut shutdown = vec!["bazel".to_string()];
@@ -56,8 +61,8 @@ pub fn bazel() -> &'static Bazel {
 }
 
 impl Bazel {
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
     }
 
     fn startup_options(&self) -> Vec<String> {

@@ -28,6 +28,33 @@ pub struct Farm {
     pub dir: PathBuf,
     /// The venv's `bin/` (bgd, python).
     pub venv_bin: PathBuf,
+    /// PostgreSQL's port on 127.0.0.1 (user `postgres`, database `postgres`, no password).
+    pub sql_port: u16,
+    /// PostgreSQL's programs (psql).
+    pub pg_bin: PathBuf,
+}
+
+impl Farm {
+    /// Runs SQL on BuildGrid's database.
+    pub fn sql(&self, statement: &str) -> Result<String> {
+        run(
+            Command::new(self.pg_bin.join("psql"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-tAc",
+                    statement,
+                ])
+                .arg(format!("--port={}", self.sql_port)),
+            "psql",
+        )
+    }
 }
 
 static FARM: OnceLock<Result<Farm, String>> = OnceLock::new();
@@ -151,7 +178,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// A venv with BuildGrid, made once and kept in the target directory.
-fn venv() -> Result<PathBuf> {
+pub fn venv() -> Result<PathBuf> {
     let dir = target_tmp().join("buildgrid-0.4.4-venv");
     let stamp = dir.join(".requirements");
     // Several test binaries may want it at once: one makes it, the others wait.
@@ -278,7 +305,12 @@ fn spawn_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<Child> {
     Ok(child)
 }
 
-fn wait_for(what: &str, log: &Path, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+fn wait_for(
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {
@@ -287,16 +319,30 @@ fn wait_for(what: &str, log: &Path, timeout: Duration, mut ready: impl FnMut() -
         std::thread::sleep(Duration::from_millis(200));
     }
     let tail = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: String = tail.chars().rev().take(3000).collect::<String>().chars().rev().collect();
-    Err(anyhow!("{what} was not ready within {timeout:?}; its log ({}):\n{tail}", log.display()))
+    let tail: String = tail
+        .chars()
+        .rev()
+        .take(3000)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect();
+    Err(anyhow!(
+        "{what} was not ready within {timeout:?}; its log ({}):\n{tail}",
+        log.display()
+    ))
 }
 
 /// Removes farm directories of test binaries that are gone (killed before their exit hook).
 fn remove_stale(parent: &Path, prefix: &str) {
     for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
-        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
         // SAFETY: signal 0 only checks that the process exists.
         if unsafe { libc::kill(pid, 0) } != 0 {
             let _ = std::fs::remove_dir_all(e.path());
@@ -316,7 +362,11 @@ fn start() -> Result<Farm> {
     let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    CLEANUP.lock().map_err(|_| anyhow!("poisoned"))?.dirs.push(dir.clone());
+    CLEANUP
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .dirs
+        .push(dir.clone());
     let data = dir.join("pg");
     std::fs::create_dir(&data)?;
     chown(&data, &user)?;
@@ -338,7 +388,14 @@ fn start() -> Result<Farm> {
         .args(["-c", "listen_addresses=127.0.0.1"])
         .args(["-c", &format!("port={pg_port}")])
         .args(["-c", "unix_socket_directories="])
-        .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
     let child = spawn_logged(&mut pg_cmd, &pg_log, "postgres")?;
     // SIGINT: PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
     CLEANUP
@@ -430,12 +487,21 @@ thread-pool-size: 40
     wait_for("BuildGrid", &bgd_log, Duration::from_secs(120), || {
         serves_capabilities(port)
     })?;
-    Ok(Farm { url, dir, venv_bin })
+    Ok(Farm {
+        url,
+        dir,
+        venv_bin,
+        sql_port: pg_port,
+        pg_bin: pg,
+    })
 }
 
 /// Whether BuildGrid answers GetCapabilities (it then serves every service).
 fn serves_capabilities(port: u16) -> bool {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(_) => return false,
     };

@@ -1,6 +1,6 @@
 //! Test support: a private BuildGrid farm, a shared Bazel, a host executor double and
 //! workers running it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod bazel;
 pub mod double;
@@ -65,7 +65,10 @@ impl RunningWorker {
                 let r = self.handle.take().expect("present").await;
                 panic!("the worker ended before joining the farm: {r:?}");
             }
-            assert!(start.elapsed() < Duration::from_secs(90), "the worker did not join the farm in 90 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "the worker did not join the farm in 90 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -100,10 +103,7 @@ pub fn config(url: &str, bases: &[&str], work_dir: &std::path::Path) -> WorkerCo
 }
 
 /// Starts a worker with `executor` (it joins the farm in the background).
-pub async fn start_worker(
-    mut config: WorkerConfig,
-    executor: HostExecutorDouble,
-) -> RunningWorker {
+pub async fn start_worker(mut config: WorkerConfig, executor: HostExecutorDouble) -> RunningWorker {
     let work_dir = tempfile::tempdir().expect("worker tempdir");
     config.work_dir = work_dir.path().join("work");
     let executor = Arc::new(executor);

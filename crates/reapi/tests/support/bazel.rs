@@ -29,6 +29,9 @@ pub struct BazelRun {
 
 static BAZEL: OnceLock<Bazel> = OnceLock::new();
 
+/// The longest one Bazel command may take here (they take seconds).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(150);
+
 pub fn bazel() -> &'static Bazel {
     BAZEL.get_or_init(|| {
         register_exit_hook();
@@ -94,25 +97,46 @@ impl Bazel {
         dir
     }
 
-    /// Runs one Bazel command in the workspace (blocking).
+    /// Runs one Bazel command in the workspace (blocking), interrupted (as by Ctrl-C)
+    /// after [`COMMAND_LIMIT`]: a test whose action never runs fails instead of hanging.
     pub fn run(&self, command: &str, args: &[String]) -> BazelRun {
         let start = Instant::now();
-        let out = Command::new("bazel")
+        let logs = tempfile::tempdir().expect("tempdir for Bazel's output");
+        let out_path = logs.path().join("out");
+        let out = std::fs::File::create(&out_path).expect("create output file");
+        let mut child = Command::new("bazel")
             .args(self.startup_options())
             .arg(command)
             .args(args)
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
-            .output()
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
             .expect("run bazel (install bazel-bootstrap: scripts/setup --with-tests)");
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut interrupted = false;
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait for bazel") {
+                break st;
+            }
+            let e = start.elapsed();
+            if e > COMMAND_LIMIT && !interrupted {
+                // SAFETY: a signal to the Bazel client this function started.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                interrupted = true;
+            }
+            if e > COMMAND_LIMIT + Duration::from_secs(30) {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut output = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if interrupted {
+            output.push_str(&format!("\n(the test interrupted Bazel after {COMMAND_LIMIT:?})\n"));
+        }
         BazelRun {
-            success: out.status.success(),
-            code: out.status.code(),
+            success: status.success() && !interrupted,
+            code: status.code(),
             output,
             elapsed: start.elapsed(),
         }

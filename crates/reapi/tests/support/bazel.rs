@@ -132,7 +132,9 @@ impl Bazel {
         };
         let mut output = std::fs::read_to_string(&out_path).unwrap_or_default();
         if interrupted {
-            output.push_str(&format!("\n(the test interrupted Bazel after {COMMAND_LIMIT:?})\n"));
+            output.push_str(&format!(
+                "\n(the test interrupted Bazel after {COMMAND_LIMIT:?})\n"
+            ));
         }
         BazelRun {
             success: status.success() && !interrupted,

@@ -153,8 +153,10 @@ impl ExecutorError {
 /// `cancel` fires when the server cancels the lease, when the worker's drain timeout
 /// expires, or when the command outlives its timeout by the worker's grace period.
 /// The executor should then stop the command, clean up, and return soon (its result
-/// is then discarded). The future is always awaited to its end, never dropped early,
-/// so it may clean up asynchronously.
+/// is then discarded). The worker awaits the future to its end and never drops it early,
+/// so it may clean up asynchronously. (Leases run in their own tasks: dropping the
+/// future of `Worker::run` instead of cancelling its shutdown token leaves them running
+/// to their end, unreported.)
 pub trait Executor: Send + Sync + 'static {
     /// Runs one action.
     fn execute(

@@ -36,6 +36,8 @@ pub fn bazel() -> &'static Bazel {
     BAZEL.get_or_init(|| {
         register_exit_hook();
         let root = target_tmp().join("reapi-bazel");
+        // Output bases of test binaries killed before their exit hook ran.
+        super::farm::remove_stale(&root, "run-");
         let mine = root.join(format!("run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&mine);
         let workspace = mine.join("ws");

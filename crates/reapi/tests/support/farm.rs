@@ -334,7 +334,7 @@ fn wait_for(
 }
 
 /// Removes farm directories of test binaries that are gone (killed before their exit hook).
-fn remove_stale(parent: &Path, prefix: &str) {
+pub(crate) fn remove_stale(parent: &Path, prefix: &str) {
     for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {

@@ -117,7 +117,7 @@ fn mount_9p(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
 }
 
 /// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -146,6 +146,7 @@ pub(crate) fn run(
     writer: &Writer,
     stdin_sink: &StdinSink,
     mounted: &mut BTreeSet<String>,
+    server: &mut Option<crate::ssh::Server>,
 ) -> io::Result<i32> {
     if let Some(t) = job.time {
         set_clock(t)?;
@@ -159,6 +160,90 @@ pub(crate) fn run(
             .map_err(|e| io::Error::other(format!("mounting {}: {e}", m.tag)))?;
         mounted.insert(m.tag.clone());
     }
+    let code = match (
+        server.as_mut(),
+        &job.tty,
+        job.script.strip_prefix(link::job::PREFIX),
+    ) {
+        (Some(s), None, Some(json)) => match served(s, json, job.stdin, writer, stdin_sink) {
+            Ok(code) => code,
+            // The server is gone (it never should be): this job and the next open sessions.
+            Err(e) => {
+                crate::console(&format!("guestbox-agent: the guest's job server: {e}"));
+                *server = None;
+                return Err(e);
+            }
+        },
+        _ => in_session(job, writer, stdin_sink)?,
+    };
+    // As in the original: the exit code also lands in the exchange directory.
+    if mounted.contains(shares::XCHG_TAG) {
+        fs::write(
+            format!(
+                "{}/{}/{}",
+                shares::SHARE_ROOT,
+                shares::XCHG_TAG,
+                shares::EXIT_CODE_FILE
+            ),
+            format!("{code}\n"),
+        )?;
+    }
+    Ok(code)
+}
+
+/// A job through the guest's resident server: the job, then its stdin, out as frames; its
+/// output and end back as frames (passed on to the host as they are, but the end).
+fn served(
+    server: &mut crate::ssh::Server,
+    job_json: &str,
+    stdin: bool,
+    writer: &Writer,
+    stdin_sink: &StdinSink,
+) -> io::Result<i32> {
+    let proto_err = |e: link::proto::ProtoError| io::Error::other(e.to_string());
+    write_frame(
+        &mut server.to_guest,
+        FrameKind::Message,
+        job_json.as_bytes(),
+    )
+    .map_err(proto_err)?;
+    if stdin {
+        *stdin_sink
+            .lock()
+            .map_err(|_| io::Error::other("stdin poisoned"))? = Some(Input {
+            file: server.to_guest.try_clone()?,
+            tty_master: None,
+            framed: true,
+        });
+    }
+    let result = loop {
+        let (kind, payload) = match link::proto::read_frame(&mut server.from_guest) {
+            Ok(frame) => frame,
+            Err(e) => break Err(proto_err(e)),
+        };
+        match kind {
+            FrameKind::Stdout | FrameKind::Stderr => {
+                let mut w = writer
+                    .lock()
+                    .map_err(|_| io::Error::other("writer poisoned"))?;
+                write_frame(&mut *w, kind, &payload).map_err(proto_err)?;
+            }
+            FrameKind::Message => match serde_json::from_slice::<Event>(&payload) {
+                Ok(Event::Started) => send(writer, &Event::Started)?,
+                Ok(Event::Exit { code }) => break Ok(code),
+                Ok(_) | Err(_) => {}
+            },
+            FrameKind::Stdin | FrameKind::Resize => {}
+        }
+    };
+    if let Ok(mut sink) = stdin_sink.lock() {
+        *sink = None;
+    }
+    result
+}
+
+/// A job in a session of its own (a terminal job, or when there is no job server).
+fn in_session(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32> {
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let master = Path::new(ssh::MASTER);
@@ -174,6 +259,7 @@ pub(crate) fn run(
                 Some(Input {
                     file: host_side,
                     tty_master: Some(pid),
+                    framed: false,
                 }),
                 Some(ours),
             )
@@ -185,6 +271,7 @@ pub(crate) fn run(
                 Some(Input {
                     file: File::from(write),
                     tty_master: None,
+                    framed: false,
                 }),
                 None,
             )
@@ -244,18 +331,5 @@ pub(crate) fn run(
     }
     // Only now: the master has written all output (see Session::wait).
     drop(session);
-    let code = code?;
-    // As in the original: the exit code also lands in the exchange directory.
-    if mounted.contains(shares::XCHG_TAG) {
-        fs::write(
-            format!(
-                "{}/{}/{}",
-                shares::SHARE_ROOT,
-                shares::XCHG_TAG,
-                shares::EXIT_CODE_FILE
-            ),
-            format!("{code}\n"),
-        )?;
-    }
-    Ok(code)
+    code
 }

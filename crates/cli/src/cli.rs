@@ -282,6 +282,12 @@ pub struct BenchArgs {
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
+    /// Only these sections (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<crate::bench::Section>,
+    /// The rows as JSON (key, what, value, number, unit, target) instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// Runs at once for --soak's load figure.
     #[arg(long, default_value_t = 8, requires = "soak")]
     pub parallel: usize,

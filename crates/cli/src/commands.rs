@@ -117,10 +117,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     &progress,
                 )
                 .await?;
-                crate::bench::print_table(
+                crate::bench::report(
                     &rows,
                     &format!("reliability, accel {}", args.accel.name()),
-                );
+                    args.json,
+                )?;
                 return Ok(0);
             }
             let opts = crate::bench::BenchOptions {
@@ -128,12 +129,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 small_mib: 1024,
                 big_mib: args.big_memory,
                 accel: args.accel.into(),
+                only: args.only.clone(),
             };
             let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
-            crate::bench::print_table(
+            crate::bench::report(
                 &rows,
                 &format!("medians of {} runs, accel {}", args.runs, args.accel.name()),
-            );
+                args.json,
+            )?;
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,

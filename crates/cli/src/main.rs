@@ -1,6 +1,7 @@
 //! The `guestbox` command: a thin layer over guestbox-core.
 
 mod bench;
+mod bench_run;
 mod cli;
 mod commands;
 #[cfg(test)]

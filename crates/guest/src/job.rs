@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 use link::job::{Job, SETUP_FAILED_EXIT};
 
@@ -12,36 +12,44 @@ use link::job::{Job, SETUP_FAILED_EXIT};
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-/// Runs `job`; returns the exit status guestbox-exec ends with.
+/// Runs `job` as the session's shell; returns the exit status guestbox-exec ends with.
 pub fn run(job: &Job) -> i32 {
-    match prepare(job) {
-        Ok(()) => {}
+    let mut cmd = match prepare(job) {
+        Ok(cmd) => cmd,
         Err(message) => {
             eprintln!("guestbox: {message}");
             return SETUP_FAILED_EXIT;
         }
+    };
+    match cmd.status() {
+        Ok(status) => ended(status, &mut io::stderr()),
+        Err(e) => not_started(&job.argv, &e, &mut io::stderr()),
     }
-    let Some((program, args)) = job.argv.split_first() else {
-        eprintln!("guestbox: the job has no command");
-        return SETUP_FAILED_EXIT;
-    };
-    let status = match Command::new(program).args(args).status() {
-        Ok(status) => status,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            eprintln!("guestbox: {program}: command not found");
-            return 127;
-        }
-        Err(e) => {
-            eprintln!("guestbox: {program}: cannot run: {e}");
-            return 126;
-        }
-    };
+}
+
+/// The exit status for a command that could not be started, as a shell has it (127 not
+/// found, 126 otherwise), its reason written to `err`.
+pub fn not_started(argv: &[String], e: &io::Error, err: &mut dyn io::Write) -> i32 {
+    let program = argv.first().map_or("", String::as_str);
+    if e.kind() == io::ErrorKind::NotFound {
+        let _ = writeln!(err, "guestbox: {program}: command not found");
+        127
+    } else {
+        let _ = writeln!(err, "guestbox: {program}: cannot run: {e}");
+        126
+    }
+}
+
+/// The exit status for a command that ended: its own, or 128 + the signal that killed it,
+/// named in `err` as shells and docker name it.
+pub fn ended(status: ExitStatus, err: &mut dyn io::Write) -> i32 {
     if let Some(code) = status.code() {
         return code;
     }
     match status.signal() {
         Some(signal) => {
-            eprintln!(
+            let _ = writeln!(
+                err,
                 "guestbox: the command was killed by {}{}",
                 signal_name(signal),
                 if status.core_dumped() {
@@ -56,9 +64,23 @@ pub fn run(job: &Job) -> i32 {
     }
 }
 
-/// Randomness, clock, mounts, working directory, environment: in that order, so that
-/// nothing the job's setup does sees the snapshot's randomness either.
-fn prepare(job: &Job) -> Result<(), String> {
+/// Everything before the command, in this order so that nothing the job's setup does sees
+/// the snapshot's randomness either: randomness, clock, mounts (for the whole guest), then
+/// the command with its working directory and environment.
+pub fn prepare(job: &Job) -> Result<Command, String> {
+    prepare_guest(job)?;
+    let (program, args) = job.argv.split_first().ok_or("the job has no command")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).envs(job.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &job.workdir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot use {dir} as the working directory: {e}"))?;
+        cmd.current_dir(dir);
+    }
+    Ok(cmd)
+}
+
+fn prepare_guest(job: &Job) -> Result<(), String> {
     if let Some(seed) = &job.seed {
         let bytes = hex(seed).ok_or("the host's random seed is not hex")?;
         reseed(&bytes).map_err(|e| format!("cannot reseed the kernel's random generator: {e}"))?;
@@ -81,15 +103,6 @@ fn prepare(job: &Job) -> Result<(), String> {
             .map_err(|e| format!("cannot make the mount point {}: {e}", m.target))?;
         bind(&m.source, &m.target, m.readonly)
             .map_err(|e| format!("cannot mount {} at {}: {e}", m.source, m.target))?;
-    }
-    if let Some(dir) = &job.workdir {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::env::set_current_dir(dir))
-            .map_err(|e| format!("cannot use {dir} as the working directory: {e}"))?;
-    }
-    for (k, v) in &job.env {
-        // Single-threaded here: nothing else reads the environment meanwhile.
-        std::env::set_var(k, v);
     }
     Ok(())
 }
@@ -216,6 +229,7 @@ mod tests {
             env: vec![("GUESTBOX_T".into(), "v".into())],
             workdir: None,
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            stdin: false,
         };
         assert_eq!(run(&job(&["sh", "-c", "kill -SEGV $$"])), 139);
         assert_eq!(run(&job(&["sh", "-c", "kill -TERM $$"])), 143);

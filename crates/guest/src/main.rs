@@ -9,9 +9,12 @@
 //! a signal is reported as a shell reports it (128 + N, the signal named on stderr): SSH
 //! would send `exit-signal`, which OpenSSH's multiplexing protocol cannot carry.
 //!
-//! Anything that is not a job goes to `/bin/sh` unchanged, as a login shell would take it.
+//! With [`link::job::SERVE_COMMAND`] it becomes the resident job server ([`serve`]) the
+//! controller starts at bootstrap. Anything that is not a job goes to `/bin/sh` unchanged,
+//! as a login shell would take it.
 
 mod job;
+mod serve;
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -19,6 +22,9 @@ use std::os::unix::ffi::OsStrExt;
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     if let [_, flag, command] = args.as_slice() {
+        if flag == "-c" && command == link::job::SERVE_COMMAND {
+            std::process::exit(serve::serve());
+        }
         if flag == "-c" {
             if let Some(job) = command.to_str().and_then(link::job::Job::parse) {
                 let code = match job {

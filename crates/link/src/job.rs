@@ -18,6 +18,14 @@ pub const SHARE_MOUNT: &str = "/run/guestbox/share";
 /// `/bin/sh` as a login shell would.
 pub const PREFIX: &str = "guestbox-job ";
 
+/// The command line of the session the controller opens at bootstrap, before the freeze:
+/// the helper then stays resident, a job server on that session's stdin and stdout, so a
+/// revived pair runs each job without opening an SSH session or starting a shell. It
+/// reads [`crate::proto`] frames: a `Message` holding a [`Job`] as JSON starts a job, `Stdin`
+/// frames feed it (empty: end of input); it writes `Stdout` and `Stderr` frames and the
+/// `Started` and `Exit` events, one job at a time.
+pub const SERVE_COMMAND: &str = "guestbox-serve";
+
 /// Exit status when the job could not be started (a mount, the working directory): the
 /// command never ran. As `env`'s and docker's 125.
 pub const SETUP_FAILED_EXIT: i32 = 125;
@@ -37,6 +45,9 @@ pub struct Job {
     pub workdir: Option<String>,
     /// The command, looked up on `PATH` as a shell would.
     pub argv: Vec<String>,
+    /// Served jobs: whether `Stdin` frames follow (otherwise the command reads nothing).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +86,7 @@ mod tests {
             env: vec![("A".into(), "x\ny $HOME".into())],
             workdir: Some("/src dir".into()),
             argv: vec!["sh".into(), "-c".into(), "echo \"$A\"; exit 3".into()],
+            stdin: false,
         };
         let line = job.command_line().unwrap();
         assert!(!line.contains('\n'), "one line: {line}");

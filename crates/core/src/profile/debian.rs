@@ -52,6 +52,7 @@ pub fn run_script(job: &GuestJob) -> Result<String> {
         env: job.env.clone(),
         workdir: job.workdir.clone(),
         argv: job.argv.clone(),
+        stdin: job.stdin,
     };
     job.command_line().ctx(|| "encoding the job")
 }
@@ -65,6 +66,7 @@ mod tests {
     fn the_run_script_is_the_job_for_the_exec_helper() {
         let job = GuestJob {
             time: Some(5),
+            stdin: false,
             seed: Some("ab".into()),
             mounts: vec![
                 GuestMount {

@@ -165,10 +165,15 @@ impl Session {
             path: xchg,
             readonly: false,
         };
-        let mut mounts = vec![proto::Mount {
-            tag: shares::XCHG_TAG.into(),
-            readonly: false,
-        }];
+        // The exchange directory only when asked for (`--xchg`): a 9p mount is paid in
+        // the controller at every run.
+        let mut mounts = Vec::new();
+        if opts.xchg.is_some() {
+            mounts.push(proto::Mount {
+                tag: shares::XCHG_TAG.into(),
+                readonly: false,
+            });
+        }
         let mut guest_mounts = Vec::new();
         for (slot, v) in volumes.iter().enumerate() {
             let tag = shares::volume_tag(slot);
@@ -252,6 +257,7 @@ impl Session {
             env: command.env.clone(),
             workdir: command.workdir.clone(),
             argv: command.argv.clone(),
+            stdin: streams.stdin.is_some(),
         };
         let request = proto::Run {
             time,
@@ -413,14 +419,12 @@ async fn launch(
             readonly: qemu::private_ram_can_be_readonly(base.manifest.qemu_version),
         };
         let mut guest = pair.guest_spec(&overlays, &ram, sockets);
-        let mut controller = pair.controller_spec(&overlays, &ram, sockets, devices);
-        // The devices are the snapshot's; a fresh generation makes both kernels reseed.
-        for spec in [&mut guest, &mut controller] {
-            spec.generation_id = Some(generation(
-                &base.manifest.id,
-                !opts.replay_snapshot_randomness,
-            ));
-        }
+        let controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        // The guest's device is the snapshot's; a fresh generation makes its kernel reseed.
+        guest.generation_id = Some(generation(
+            &base.manifest.id,
+            !opts.replay_snapshot_randomness,
+        ));
         lifecycle::revive(
             qemu,
             guest,

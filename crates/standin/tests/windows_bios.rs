@@ -29,3 +29,49 @@ fn windows_bios_installs_and_powers_off_with_the_bootstrap_ok_marker() {
         )),
     );
 }
+
+#[test]
+fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
+    let _ = installed(Flavour::WindowsBios);
+    let _vm = vm_lock();
+    let (_guest, _run, ctl, _) = boot(Flavour::WindowsBios, None);
+    let (ctl_key, _) = key("controller");
+    let user = settings(Flavour::WindowsBios).ssh_user().to_string();
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "echo hello; id -un; cygpath -w /usr/bin; cygpath -u 'C:\\Windows\\System32'; cygpath -m /cygdrive/c/x; echo $HOME",
+        b"",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "hello\n{user}\nC:\\cygwin\\bin\n/cygdrive/c/Windows/System32\nC:/x\n/home/{user}\n"
+        ),
+        "{err}"
+    );
+    let (intruder, _) = key("intruder");
+    let (code, _, err) = ssh(ctl.ssh_port, &intruder, &user, &[], "true", b"");
+    assert_eq!(code, 255, "another key was let in: {err}");
+    assert!(err.contains("Permission denied (publickey)"), "{err}");
+    let (code, _, err) = ssh(ctl.ssh_port, &ctl_key, "root", &[], "true", b"");
+    assert_eq!(code, 255, "root logged in: {err}");
+    let (code, _, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+        ],
+        "true",
+        b"",
+    );
+    assert_eq!(code, 255, "a password login was offered: {err}");
+    assert!(err.contains("Permission denied (publickey)"), "{err}");
+}

@@ -80,6 +80,8 @@ struct Pair {
     to_guest: Vec<u8>,
     to_host: Vec<u8>,
     host_eof: bool,
+    /// The guest side reached Established once: before, "cannot receive" means "not yet".
+    opened: bool,
 }
 
 fn tcp_socket<'a>() -> tcp::Socket<'a> {
@@ -143,6 +145,7 @@ impl Controller {
                         to_guest: vec![],
                         to_host: vec![],
                         host_eof: false,
+                        opened: false,
                     });
                 }
                 if let (Some(h), Some(addr)) = (smb_listen, smb) {
@@ -156,6 +159,7 @@ impl Controller {
                                 to_guest: vec![],
                                 to_host: vec![],
                                 host_eof: false,
+                                opened: false,
                             });
                         } else {
                             s.abort();
@@ -169,6 +173,9 @@ impl Controller {
                 let mut buf = [0u8; 65536];
                 pairs.retain_mut(|p| {
                     let s = sockets.get_mut::<tcp::Socket>(p.sock);
+                    if s.state() == tcp::State::Established {
+                        p.opened = true;
+                    }
                     if !p.host_eof && p.to_guest.len() < 65536 {
                         match p.host.read(&mut buf) {
                             Ok(0) => p.host_eof = true,
@@ -210,7 +217,7 @@ impl Controller {
                             }
                         }
                     }
-                    let guest_done = !s.is_open() || (!s.may_recv() && !s.can_recv());
+                    let guest_done = (p.opened || !s.is_open()) && !s.may_recv() && !s.can_recv();
                     if guest_done && p.to_host.is_empty() {
                         let _ = p.host.shutdown(std::net::Shutdown::Write);
                         if !s.is_open() {

@@ -440,3 +440,67 @@ impl Guest {
         g
     }
 }
+
+/// `ssh` to the guest through the controller double: (status, stdout, stderr).
+pub fn ssh(
+    port: u16,
+    key: &Path,
+    user: &str,
+    extra: &[&str],
+    cmd: &str,
+    stdin: &[u8],
+) -> (i32, String, String) {
+    let mut c = Command::new("ssh");
+    c.args(["-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=60",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(extra)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .expect("ssh runs (apt-get install openssh-client)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Boots the installed guest (first-boot stage, exact argv) next to a controller double;
+/// returns when sshd is up, with the boot time.
+pub fn boot(
+    flavour: Flavour,
+    smb: Option<std::net::SocketAddr>,
+) -> (Guest, Running, controller::Controller, Duration) {
+    let iso = iso();
+    let inst = installed(flavour);
+    let guest = Guest::from_installed(flavour, &inst, &iso.path);
+    let ctl = controller::Controller::start(&guest.path().join("run"), smb);
+    let mut run = guest.start(1);
+    let took = run.wait_console(standin::SSHD_READY, Duration::from_secs(300));
+    eprintln!(
+        "{} first boot to sshd: {:.1} s",
+        flavour.name(),
+        took.as_secs_f64()
+    );
+    (guest, run, ctl, took)
+}

@@ -79,6 +79,13 @@ CYGWIN_PROGRAMS = {
 WINDOWS_PROGRAMS = ["cmd", "net", "netsh", "reg", "sc", "powercfg", "shutdown", "mode"]
 
 
+# During setup a Windows command's syntax error stops the install (see Cmd.external);
+# in SSH sessions the command fails as its namesake does and the caller decides.
+STRICT = False
+# Exit statuses that mean "syntax error" for each program, as the stand-in gives them.
+SYNTAX_ERRORS = {"netsh": (1,), "reg": (1,), "sc": (1639, 87), "powercfg": (1,), "shutdown": (87,), "net": (1,), "powershell": (1,)}
+
+
 class Reject(Exception):
     """What the real Windows or Cygwin would refuse; the message names the problem."""
 
@@ -676,6 +683,8 @@ class Cmd:
         for a in args[1:]:
             k, _, v = a.partition("=")
             if k.lower() not in allowed or not re.match(allowed[k.lower()], v.lower()):
+                if STRICT:
+                    raise Reject("mode %s: Invalid parameter - %s" % (" ".join(args), a))
                 self.write(files, 2, "Invalid parameter - %s\r\n" % a)
                 return 1
         return 0
@@ -726,7 +735,12 @@ class Cmd:
             raise Reject("%s: the stand-in has no such program" % name)
         out = files.get(1, self.out)
         err = files.get(2)
-        return prog(self, args, out, err, unix)
+        code = prog(self, args, out, err, unix)
+        if STRICT and code in SYNTAX_ERRORS.get(stem, ()):
+            # The real command refuses this syntax too, and a script that ignores its
+            # status would carry on half-configured: the stand-in stops here instead.
+            raise Reject("%s %s: refused as a syntax error by %s (exit %d; its message is in the script's log)" % (name, " ".join(args), stem, code))
+        return code
 
 
 def emit(f, text, err=False):
@@ -1312,6 +1326,8 @@ def cygwin_setup(sh, args, out, err, exe):
 
     def fail(msg):
         emit(out, "setup: %s\n" % msg)
+        # Cygwin's setup logs to /var/log/setup.log; the stand-in also says it on COM1.
+        serial("STANDIN-CYGWIN-SETUP-FAILED: %s" % msg)
         return 1
 
     o, k = {}, 0
@@ -2347,6 +2363,8 @@ def user_account(root, user):
 
 
 def setup():
+    global STRICT
+    STRICT = True
     serial(SETUP_STARTED)
     try:
         a = find_floppy()
@@ -2449,6 +2467,9 @@ def system32(root, s):
     if s["profile"] == "windows":
         os.makedirs(sys32 + "/WindowsPowerShell/v1.0", exist_ok=True)
         links.append("WindowsPowerShell/v1.0/powershell.exe")
+    # Windows' own PATH spells it system32; NTFS does not care, Linux does.
+    if not os.path.lexists(root + "/cygdrive/c/Windows/system32"):
+        os.symlink("System32", root + "/cygdrive/c/Windows/system32")
     for name in links:
         dst = os.path.join(sys32, name)
         if not os.path.lexists(dst):

@@ -75,3 +75,109 @@ fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
     assert_eq!(code, 255, "a password login was offered: {err}");
     assert!(err.contains("Permission denied (publickey)"), "{err}");
 }
+
+#[test]
+fn windows_bios_runs_guestbox_run_scripts_over_smb3_and_rejects_broken_ones() {
+    let _ = installed(Flavour::WindowsBios);
+    let share = tempfile::tempdir().unwrap();
+    let tag = &guestbox::pair::share_tags()[1];
+    std::fs::create_dir_all(share.path().join(tag)).unwrap();
+    std::fs::write(share.path().join(tag).join("hello.txt"), "from the share\n").unwrap();
+    let password = "Smb-pa55word";
+    let smb = Smb::start(agent::SMB_SHARE, share.path(), agent::SMB_USER, password);
+    let _vm = vm_lock();
+    let (_guest, _run, ctl, _) = boot(Flavour::WindowsBios, Some(smb.addr));
+    let (ctl_key, _) = key("controller");
+    let user = settings(Flavour::WindowsBios).ssh_user().to_string();
+    let script = run_script(
+        &[
+            "sh",
+            "-c",
+            "cat hello.txt; echo \"$GREETING\"; pwd; cygpath -w \"$PWD\"; echo made >made.txt; exit 7",
+        ],
+        password,
+    );
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "bash -s",
+        script.as_bytes(),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (7, "from the share\nhello from the host\n/src\nG:\\vol0\n"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join(tag).join("made.txt")).unwrap(),
+        "made\n"
+    );
+    // The same script again: the drive is still mapped from the last run (as in a revived
+    // snapshot); the script's `net use /delete` drops it first.
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "bash -s",
+        script.as_bytes(),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (7, "from the share\nhello from the host\n/src\nG:\\vol0\n"),
+        "{err}"
+    );
+
+    // A malformed `net use` line: net's syntax error, the script's setup failure (125).
+    let broken = script.replace("/persistent:yes", "/persistent:maybe");
+    assert_ne!(broken, script);
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "bash -s",
+        broken.as_bytes(),
+    );
+    assert_eq!(code, 125, "{out}{err}");
+    assert!(out.contains("The syntax of this command is"), "{out}{err}");
+    assert!(err.contains("mapping the SMB shares failed"), "{err}");
+    // A wrong password: System error 86, as Windows says it.
+    let wrong = run_script(&["true"], "not-the-password");
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "bash -s",
+        wrong.as_bytes(),
+    );
+    assert_eq!(code, 125, "{out}{err}");
+    assert!(out.contains("System error 86 has occurred"), "{out}{err}");
+    // A mount option Cygwin's mount does not have.
+    let bad_mount = script.replace("-o binary,noacl G:/", "-o binary,noacl,nosuch G:/");
+    assert_ne!(bad_mount, script);
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "bash -s",
+        bad_mount.as_bytes(),
+    );
+    assert_eq!(code, 125, "{out}{err}");
+    assert!(err.contains("invalid option - 'nosuch'"), "{err}");
+    // A Windows path where Cygwin's mount wants a POSIX mount point.
+    let (code, _, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "mount -f -o binary C:/ 'D:\\x'",
+        b"",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid mount point"), "{err}");
+}

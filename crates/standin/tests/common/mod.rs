@@ -504,3 +504,127 @@ pub fn boot(
     );
     (guest, run, ctl, took)
 }
+
+/// A test double of the controller's Samba: smbd on 127.0.0.1 (a free port), a share
+/// `name` over `share`, user `user` (mapped onto root) with `password`; NT1 to SMB3, as
+/// guestbox's controller offers.
+pub struct Smb {
+    pub addr: std::net::SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Smb {
+    pub fn start(name: &str, share: &Path, user: &str, password: &str) -> Smb {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for sub in ["private", "lock", "state", "cache", "pid", "ncalrpc"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("users.map"), format!("root = {user}\n")).unwrap();
+        let conf = d.join("smb.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]
+server role = standalone server
+map to guest = never
+restrict anonymous = 2
+interfaces = 127.0.0.1
+bind interfaces only = yes
+smb ports = {port}
+disable netbios = yes
+load printers = no
+printing = bsd
+printcap name = /dev/null
+disable spoolss = yes
+unix extensions = no
+server min protocol = NT1
+ntlm auth = ntlmv2-only
+username map = {d}/users.map
+private dir = {d}/private
+lock directory = {d}/lock
+state directory = {d}/state
+cache directory = {d}/cache
+pid directory = {d}/pid
+ncalrpc dir = {d}/ncalrpc
+log file = {d}/log.%m
+passdb backend = tdbsam:{d}/private/passdb.tdb
+
+[{name}]
+path = {share}
+valid users = root
+force user = root
+read only = no
+browseable = no
+",
+                d = d.display(),
+                share = share.display()
+            ),
+        )
+        .unwrap();
+        let mut pw = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-a", "-s", "root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("smbpasswd runs (apt-get install samba)");
+        pw.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n{password}\n").as_bytes())
+            .unwrap();
+        assert!(pw.wait().unwrap().success());
+        let child = Command::new("smbd")
+            .args(["--foreground", "--no-process-group", "--configfile"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smbd runs (apt-get install samba)");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < until, "smbd did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Smb {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Smb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// guestbox's per-run script (`guestbox::windows::run_script`) for `argv` in /src, with
+/// volume slot 0 (the share root's subdirectory `vol0`) bound at /src.
+pub fn run_script(argv: &[&str], smb_password: &str) -> String {
+    let tags = guestbox::pair::share_tags();
+    let job = guestbox::profile::GuestJob {
+        time: None,
+        mounts: vec![guestbox::profile::GuestMount {
+            tag: tags[1].clone(),
+            guest_path: "/src".into(),
+            readonly: false,
+        }],
+        env: vec![("GREETING".into(), "hello from the host".into())],
+        workdir: Some("/src".into()),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+    };
+    guestbox::windows::run_script(&job, smb_password).unwrap()
+}

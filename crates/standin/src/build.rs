@@ -305,6 +305,17 @@ pub fn ensure_install_iso(cache_dir: &Path) -> Result<StandinIso, StandinError> 
         build_rootfs(&dir, &rootfs, &sources)?;
     }
     build_iso(&dir, &rootfs, &iso)?;
+    // Older recipes' artifacts are never used again; a rootfs is ~700 MB.
+    for entry in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("install-") && path != iso {
+            fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+        } else if name.starts_with("rootfs-") && path != rootfs {
+            remove_dir_if_exists(&path)?;
+        }
+    }
     tracing::info!(iso = %iso.display(), secs = started.elapsed().as_secs(), "stand-in ISO built");
     Ok(StandinIso {
         path: iso,

@@ -54,7 +54,10 @@ fn windows_xp_installs_boots_and_maps_the_share_over_smb1() {
     );
     assert_eq!(
         (code, out.as_str()),
-        (0, "from the share\nvers=1.0\n"),
+        (
+            0,
+            "The command completed successfully.\r\n\r\nfrom the share\nvers=1.0\n"
+        ),
         "{err}"
     );
     let (intruder, _) = key("intruder");

@@ -401,6 +401,15 @@ pub fn save_installed(guest: &Guest, dir: &Path) {
         assert!(out.status.success());
     }
     std::fs::write(tmp.join("installed.ok"), b"ok\n").unwrap();
+    // Installs from older stand-in ISOs are of no use any more.
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let flavour_prefix = &name[..name.rfind('-').unwrap() + 1];
+    for e in std::fs::read_dir(dir.parent().unwrap()).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(flavour_prefix) && n != name && !n.ends_with(".tmp") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).unwrap();
 }

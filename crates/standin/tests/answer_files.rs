@@ -136,11 +136,11 @@ fn broken_autounattend_files_are_rejected_naming_the_problem() {
     );
     rejected(
         x,
-        &replace(&good, "<AdministratorPassword>", "<AdministratorPasswordX>")
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>()
-            .pipe(|d| replace(&d, "</AdministratorPassword>", "</AdministratorPasswordX>")),
+        &replace(
+            &replace(&good, "<AdministratorPassword>", "<AdministratorPasswordX>"),
+            "</AdministratorPassword>",
+            "</AdministratorPasswordX>",
+        ),
         "the administrator password is missing",
     );
     rejected(
@@ -222,10 +222,3 @@ fn broken_winnt_sif_files_are_rejected_naming_the_problem() {
         "AdminPassword is missing",
     );
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}

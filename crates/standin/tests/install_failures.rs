@@ -18,7 +18,7 @@ fn install_console(guest: &Guest) -> String {
 /// A `windows` BIOS guest whose floppy holds `answer` instead of the generated answer file.
 fn guest_with(answer: Option<Vec<u8>>, bootstrap_cmd: Option<String>) -> Guest {
     let iso = iso();
-    let flavour = Flavour::WindowsBios;
+    let flavour = Flavour::Bios;
     let s = settings(flavour);
     let dir = tempfile::Builder::new()
         .prefix("standin-")
@@ -41,7 +41,7 @@ fn guest_with(answer: Option<Vec<u8>>, bootstrap_cmd: Option<String>) -> Guest {
 }
 
 fn generated(name: &str) -> MediaFile {
-    let s = settings(Flavour::WindowsBios);
+    let s = settings(Flavour::Bios);
     let dir = tempfile::tempdir().unwrap();
     let m = media(&s, dir.path());
     std::iter::once(m.answer_file)
@@ -91,7 +91,7 @@ fn a_bootstrap_command_outside_its_grammar_stops_setup() {
 #[test]
 fn a_corrupted_package_on_the_cd_fails_the_cygwin_step() {
     let iso = iso();
-    let flavour = Flavour::WindowsBios;
+    let flavour = Flavour::Bios;
     let guest = Guest::new(flavour, &iso.path);
     // Flip one byte inside openssh's archive on the written CD: same size, other SHA-512.
     let mirror = guest

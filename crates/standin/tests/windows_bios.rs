@@ -11,7 +11,7 @@ use common::*;
 fn windows_bios_installs_and_powers_off_with_the_bootstrap_ok_marker() {
     let iso = iso();
     let _vm = vm_lock();
-    let guest = Guest::new(Flavour::WindowsBios, &iso.path);
+    let guest = Guest::new(Flavour::Bios, &iso.path);
     guest.create_disk();
     let mut run = guest.start(0);
     let (status, took) = run.wait_exit(Duration::from_secs(900));
@@ -22,21 +22,17 @@ fn windows_bios_installs_and_powers_off_with_the_bootstrap_ok_marker() {
     eprintln!("windows (BIOS) install: {:.1} s", took.as_secs_f64());
     save_installed(
         &guest,
-        &cache_dir().join(format!(
-            "installed-{}-{}",
-            Flavour::WindowsBios.name(),
-            iso.key
-        )),
+        &cache_dir().join(format!("installed-{}-{}", Flavour::Bios.name(), iso.key)),
     );
 }
 
 #[test]
 fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
-    let _ = installed(Flavour::WindowsBios);
+    let _ = installed(Flavour::Bios);
     let _vm = vm_lock();
-    let (_guest, _run, ctl, _) = boot(Flavour::WindowsBios, None);
+    let (_guest, _run, ctl, _) = boot(Flavour::Bios, None);
     let (ctl_key, _) = key("controller");
-    let user = settings(Flavour::WindowsBios).ssh_user().to_string();
+    let user = settings(Flavour::Bios).ssh_user().to_string();
     let (code, out, err) = ssh(
         ctl.ssh_port,
         &ctl_key,
@@ -78,7 +74,7 @@ fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
 
 #[test]
 fn windows_bios_runs_guestbox_run_scripts_over_smb3_and_rejects_broken_ones() {
-    let _ = installed(Flavour::WindowsBios);
+    let _ = installed(Flavour::Bios);
     let share = tempfile::tempdir().unwrap();
     let tag = &guestbox::pair::share_tags()[1];
     std::fs::create_dir_all(share.path().join(tag)).unwrap();
@@ -86,9 +82,9 @@ fn windows_bios_runs_guestbox_run_scripts_over_smb3_and_rejects_broken_ones() {
     let password = "Smb-pa55word";
     let smb = Smb::start(agent::SMB_SHARE, share.path(), agent::SMB_USER, password);
     let _vm = vm_lock();
-    let (_guest, _run, ctl, _) = boot(Flavour::WindowsBios, Some(smb.addr));
+    let (_guest, _run, ctl, _) = boot(Flavour::Bios, Some(smb.addr));
     let (ctl_key, _) = key("controller");
-    let user = settings(Flavour::WindowsBios).ssh_user().to_string();
+    let user = settings(Flavour::Bios).ssh_user().to_string();
     let script = run_script(
         &[
             "sh",

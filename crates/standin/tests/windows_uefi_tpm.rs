@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn windows_uefi_secure_boot_tpm_installs_and_boots_with_the_tpm() {
     let iso = iso();
-    let flavour = Flavour::WindowsUefiTpm;
+    let flavour = Flavour::UefiTpm;
     {
         let _vm = vm_lock();
         let guest = Guest::new(flavour, &iso.path);
@@ -53,7 +53,7 @@ fn windows_uefi_secure_boot_tpm_installs_and_boots_with_the_tpm() {
 #[test]
 fn windows_uefi_tpm_refuses_to_boot_without_its_tpm() {
     let iso = iso();
-    let flavour = Flavour::WindowsUefiTpm;
+    let flavour = Flavour::UefiTpm;
     let inst = installed(flavour);
     let _vm = vm_lock();
     let mut guest = Guest::from_installed(flavour, &inst, &iso.path);

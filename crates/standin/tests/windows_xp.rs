@@ -9,7 +9,7 @@ use common::*;
 #[test]
 fn windows_xp_installs_boots_and_maps_the_share_over_smb1() {
     let iso = iso();
-    let flavour = Flavour::WindowsXp;
+    let flavour = Flavour::Xp;
     {
         let _vm = vm_lock();
         let guest = Guest::new(flavour, &iso.path);

@@ -66,19 +66,19 @@ pub fn key(name: &str) -> (PathBuf, String) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
     /// `windows`, BIOS (SeaBIOS), Windows 11 bypass keys.
-    WindowsBios,
+    Bios,
     /// `windows`, UEFI with Secure Boot (Microsoft's keys) and a TPM 2.0 from swtpm.
-    WindowsUefiTpm,
+    UefiTpm,
     /// `windows-xp`: pc, IDE, rtl8139.
-    WindowsXp,
+    Xp,
 }
 
 impl Flavour {
     pub fn name(self) -> &'static str {
         match self {
-            Flavour::WindowsBios => "windows-bios",
-            Flavour::WindowsUefiTpm => "windows-uefi-tpm",
-            Flavour::WindowsXp => "windows-xp",
+            Flavour::Bios => "windows-bios",
+            Flavour::UefiTpm => "windows-uefi-tpm",
+            Flavour::Xp => "windows-xp",
         }
     }
 }
@@ -86,17 +86,17 @@ impl Flavour {
 pub fn settings(flavour: Flavour) -> WindowsSettings {
     let (_, public) = key("controller");
     let profile = match flavour {
-        Flavour::WindowsXp => Profile::WindowsXp,
+        Flavour::Xp => Profile::WindowsXp,
         _ => Profile::Windows,
     };
     let mut s = WindowsSettings::new(profile, Secret::new("Stand-in-Pa55"), public);
     match flavour {
-        Flavour::WindowsBios => {}
-        Flavour::WindowsUefiTpm => {
+        Flavour::Bios => {}
+        Flavour::UefiTpm => {
             s.firmware = Firmware::Uefi;
             s.win11 = Win11Requirements::RealTpmUefi;
         }
-        Flavour::WindowsXp => s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into()),
+        Flavour::Xp => s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into()),
     }
     s
 }

@@ -517,6 +517,7 @@ class Cmd:
             if op == "||" and last == 0:
                 continue
             last = self.simple(seg, redirs, batch)
+            self.errorlevel = last
 
     @staticmethod
     def if_word(rest):
@@ -1823,11 +1824,21 @@ def cmd_main(argv):
         return 0
     # Cygwin passes each argument quoted only if it needs it; cmd then sees one line.
     line = " ".join('"%s"' % a if (" " in a or "\t" in a) and not a.startswith('"') else a for a in rest)
-    if line.startswith('"') and line.endswith('"') and line.count('"') == 2:
-        # cmd /c "X": the outer quotes are removed (cmd /? rule 1) when X is one quoted word.
-        inner = line[1:-1]
-        if not any(ch in inner for ch in '&<>()@^|'):
-            line = '"' + inner + '"'
+    if line.startswith('"'):
+        # cmd /?: the quotes stay only if there are exactly two, nothing special between
+        # them, some whitespace, and they enclose the name of a program; otherwise the
+        # first and the last quote are removed.
+        inner = line[1:-1] if line.endswith('"') else line[1:]
+        keep = (
+            line.count('"') == 2
+            and line.endswith('"')
+            and not any(ch in inner for ch in "&<>()@^|")
+            and any(ch in inner for ch in " \t")
+            and names_a_file(inner)
+        )
+        if not keep:
+            k = line.rfind('"')
+            line = line[1:k] + line[k + 1 :] if k > 0 else line[1:]
     sh = Cmd(windows_env())
     try:
         sh.command_line(sh.expand(line, None), None)
@@ -1837,6 +1848,13 @@ def cmd_main(argv):
     except Exit as e:
         return e.code
     return sh.errorlevel
+
+
+def names_a_file(p):
+    try:
+        return resolve_ci(win_to_unix(p)) is not None
+    except Reject:
+        return False
 
 
 def windows_env():

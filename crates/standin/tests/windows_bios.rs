@@ -20,10 +20,7 @@ fn windows_bios_installs_and_powers_off_with_the_bootstrap_ok_marker() {
     assert_bootstrap_ok(&console);
     assert!(status.success(), "QEMU exited with {status}");
     eprintln!("windows (BIOS) install: {:.1} s", took.as_secs_f64());
-    save_installed(
-        &guest,
-        &cache_dir().join(format!("installed-{}-{}", Flavour::Bios.name(), iso.key)),
-    );
+    save_installed(&guest, &installed_dir(Flavour::Bios, &iso));
 }
 
 #[test]
@@ -48,6 +45,44 @@ fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
             "hello\n{user}\nC:\\cygwin\\bin\n/cygdrive/c/Windows/System32\nC:/x\n/home/{user}\n"
         ),
         "{err}"
+    );
+    // The namesakes' errors: options cygpath does not have, programs Windows does not have
+    // (cmd's 9009, which Cygwin truncates to 8 bits as it does for any Windows status),
+    // a mapping that does not exist.
+    let (code, _, err) = ssh(ctl.ssh_port, &ctl_key, &user, &[], "cygpath -x /", b"");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown option"), "{err}");
+    let (code, _, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "cmd /c nosuchprogram",
+        b"",
+    );
+    assert_eq!(code, 9009 % 256, "{err}");
+    assert!(
+        err.contains("is not recognized as an internal or external command"),
+        "{err}"
+    );
+    let (code, out, _) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "cmd /c \"net use Q: /delete\"",
+        b"",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("The network connection could not be found."),
+        "{out}"
+    );
+    // UTC: the RTC starts at UTC (`-rtc base=utc`) and is read as local time of UTC.
+    let (guest_now, host_now) = clocks(ctl.ssh_port, &ctl_key, &user);
+    assert!(
+        (guest_now - host_now).abs() < 120,
+        "guest {guest_now}, host {host_now}"
     );
     let (intruder, _) = key("intruder");
     let (code, _, err) = ssh(ctl.ssh_port, &intruder, &user, &[], "true", b"");

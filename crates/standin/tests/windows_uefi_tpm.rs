@@ -26,10 +26,7 @@ fn windows_uefi_secure_boot_tpm_installs_and_boots_with_the_tpm() {
             "windows (UEFI, Secure Boot, TPM) install: {:.1} s",
             took.as_secs_f64()
         );
-        save_installed(
-            &guest,
-            &cache_dir().join(format!("installed-{}-{}", flavour.name(), iso.key)),
-        );
+        save_installed(&guest, &installed_dir(flavour, &iso));
     }
     let _vm = vm_lock();
     let (_guest, _run, ctl, _) = boot(flavour, None);

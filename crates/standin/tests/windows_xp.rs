@@ -20,10 +20,7 @@ fn windows_xp_installs_boots_and_maps_the_share_over_smb1() {
         assert_bootstrap_ok(&guest.console(0));
         assert!(status.success(), "QEMU exited with {status}");
         eprintln!("windows-xp install: {:.1} s", took.as_secs_f64());
-        save_installed(
-            &guest,
-            &cache_dir().join(format!("installed-{}-{}", flavour.name(), iso.key)),
-        );
+        save_installed(&guest, &installed_dir(flavour, &iso));
     }
     let share = tempfile::tempdir().unwrap();
     let tag = &guestbox::pair::share_tags()[1];
@@ -59,6 +56,19 @@ fn windows_xp_installs_boots_and_maps_the_share_over_smb1() {
             "The command completed successfully.\r\n\r\nfrom the share\nvers=1.0\n"
         ),
         "{err}"
+    );
+    // W. Europe Standard Time: QEMU starts the RTC at the host's local time (UTC here) and
+    // the guest reads it as Berlin's local time, as Windows does: its clock runs behind by
+    // Berlin's offset. (guestbox's runs set the time from the host.)
+    let (code, zone, err) = ssh(ctl.ssh_port, &ctl_key, &user, &[], "date +%z", b"");
+    assert_eq!(code, 0, "{err}");
+    let z = zone.trim();
+    assert!(z == "+0100" || z == "+0200", "the guest's zone is {z}");
+    let offset = z[1..3].parse::<i64>().unwrap() * 3600;
+    let (guest_now, host_now) = clocks(ctl.ssh_port, &ctl_key, &user);
+    assert!(
+        (guest_now + offset - host_now).abs() < 120,
+        "guest {guest_now} (+{offset} s) vs host {host_now}"
     );
     let (intruder, _) = key("intruder");
     let (code, _, err) = ssh(ctl.ssh_port, &intruder, &user, &[], "true", b"");

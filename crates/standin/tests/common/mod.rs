@@ -27,6 +27,17 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
     VM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// (guest clock, host clock) in seconds since the epoch, read over SSH.
+pub fn clocks(port: u16, key: &Path, user: &str) -> (i64, i64) {
+    let (code, out, err) = ssh(port, key, user, &[], "date +%s", b"");
+    assert_eq!(code, 0, "{err}");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (out.trim().parse().unwrap(), host)
+}
+
 /// The cache shared by every test run: the ISO, the controller's key, installed disks.
 pub fn cache_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin-cache");
@@ -96,7 +107,12 @@ pub fn settings(flavour: Flavour) -> WindowsSettings {
             s.firmware = Firmware::Uefi;
             s.win11 = Win11Requirements::RealTpmUefi;
         }
-        Flavour::Xp => s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into()),
+        Flavour::Xp => {
+            s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into());
+            // Not UTC: guestbox starts the RTC at the host's local time, and Windows reads
+            // it as local time of its own zone.
+            s.timezone = "W. Europe Standard Time".into();
+        }
     }
     s
 }
@@ -192,6 +208,9 @@ impl Guest {
             std::fs::File::create(self.path().join(format!("{}.stderr", stage.name))).unwrap();
         let qemu = Command::new("qemu-system-x86_64")
             .args(&argv)
+            // The host's local time (`-rtc base=localtime`) is UTC here, whatever the
+            // machine's zone: the clock tests compute with it.
+            .env("TZ", "UTC")
             .current_dir(self.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -361,7 +380,7 @@ pub fn assert_bootstrap_ok(console: &str) {
 /// the cache directory; copy it before booting (`Guest::from_installed`).
 pub fn installed(flavour: Flavour) -> PathBuf {
     let iso = iso();
-    let dir = cache_dir().join(format!("installed-{}-{}", flavour.name(), iso.key));
+    let dir = installed_dir(flavour, &iso);
     if dir.join("installed.ok").exists() {
         return dir;
     }
@@ -379,6 +398,17 @@ pub fn installed(flavour: Flavour) -> PathBuf {
     );
     save_installed(&guest, &dir);
     dir
+}
+
+/// Where an install of `flavour` from `iso` is cached: keyed by the ISO and the settings.
+pub fn installed_dir(flavour: Flavour, iso: &standin::StandinIso) -> PathBuf {
+    let settings = format!("{:?}", settings(flavour));
+    cache_dir().join(format!(
+        "installed-{}-{}{:x}",
+        flavour.name(),
+        iso.key,
+        blake3_like(settings.as_bytes()) & 0xffff_ffff
+    ))
 }
 
 /// Keeps an installed guest in the cache (renamed into place when complete).

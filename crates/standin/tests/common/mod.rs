@@ -80,6 +80,8 @@ pub enum Flavour {
     Bios,
     /// `windows`, UEFI with Secure Boot (Microsoft's keys) and a TPM 2.0 from swtpm.
     UefiTpm,
+    /// `windows`, UEFI without Secure Boot, Windows 11 bypass keys.
+    Uefi,
     /// `windows-xp`: pc, IDE, rtl8139.
     Xp,
 }
@@ -89,6 +91,7 @@ impl Flavour {
         match self {
             Flavour::Bios => "windows-bios",
             Flavour::UefiTpm => "windows-uefi-tpm",
+            Flavour::Uefi => "windows-uefi",
             Flavour::Xp => "windows-xp",
         }
     }
@@ -107,6 +110,7 @@ pub fn settings(flavour: Flavour) -> WindowsSettings {
             s.firmware = Firmware::Uefi;
             s.win11 = Win11Requirements::RealTpmUefi;
         }
+        Flavour::Uefi => s.firmware = Firmware::Uefi,
         Flavour::Xp => {
             s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into());
             // Not UTC: guestbox starts the RTC at the host's local time, and Windows reads

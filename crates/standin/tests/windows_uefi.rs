@@ -1,4 +1,4 @@
-//! The stand-in under the `windows` profile with UEFI, Secure Boot (OVMF's Secure Boot
+//! The stand-in under the `windows` profile with UEFI: with Secure Boot (OVMF's Secure Boot
 //! build, Microsoft's keys enrolled: Debian's shim, GRUB and kernel are signed under them)
 //! and a TPM 2.0 from swtpm, no Windows 11 bypass keys: guestbox's exact install and
 //! first-boot command lines.
@@ -68,4 +68,25 @@ fn windows_uefi_tpm_refuses_to_boot_without_its_tpm() {
     );
     assert!(!console.contains(standin::SSHD_READY));
     eprintln!("powered off: {status}");
+}
+
+#[test]
+fn windows_uefi_without_secure_boot_installs_and_boots() {
+    let iso = iso();
+    let flavour = Flavour::Uefi;
+    let _ = installed(flavour);
+    let _vm = vm_lock();
+    let (_guest, _run, ctl, _) = boot(flavour, None);
+    let (ctl_key, _) = key("controller");
+    let user = settings(flavour).ssh_user().to_string();
+    let (code, out, err) = ssh(
+        ctl.ssh_port,
+        &ctl_key,
+        &user,
+        &[],
+        "test -d /sys/firmware/efi && echo uefi; od -An -tu1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | awk '{print $NF}'; test -e /sys/class/tpm/tpm0 || echo no-tpm",
+        b"",
+    );
+    assert_eq!((code, out.as_str()), (0, "uefi\n0\nno-tpm\n"), "{err}");
+    drop(iso);
 }

@@ -1,7 +1,7 @@
 //! The stand-in under the `windows` profile with UEFI: with Secure Boot (OVMF's Secure Boot
 //! build, Microsoft's keys enrolled: Debian's shim, GRUB and kernel are signed under them)
-//! and a TPM 2.0 from swtpm, no Windows 11 bypass keys: guestbox's exact install and
-//! first-boot command lines.
+//! and a TPM 2.0 from swtpm, no Windows 11 bypass keys; and plain OVMF with the bypass
+//! keys. guestbox's exact install and first-boot command lines.
 mod common;
 
 use std::time::Duration;

@@ -440,11 +440,16 @@ pub fn save_installed(guest: &Guest, dir: &Path) {
     }
     std::fs::write(tmp.join("installed.ok"), b"ok\n").unwrap();
     // Installs from older stand-in ISOs are of no use any more.
+    // (Names are installed-<flavour>-<key>; flavour names contain '-' themselves.)
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let flavour_prefix = &name[..name.rfind('-').unwrap() + 1];
+    let flavour_of = |n: &str| n.rsplit_once('-').map(|(f, _)| f.to_string());
     for e in std::fs::read_dir(dir.parent().unwrap()).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(flavour_prefix) && n != name && !n.ends_with(".tmp") {
+        if n.starts_with("installed-")
+            && n != name
+            && !n.ends_with(".tmp")
+            && flavour_of(&n) == flavour_of(&name)
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

@@ -303,12 +303,14 @@ pub struct Running {
 
 impl Running {
     /// Waits for QEMU to exit (the guest powered off); panics with the console on timeout.
+    /// `timeout` counts from this call; the duration returned, from QEMU's start.
     pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let until = Instant::now() + timeout;
         loop {
             if let Some(status) = self.qemu.try_wait().unwrap() {
                 return (status, self.started.elapsed());
             }
-            if self.started.elapsed() > timeout {
+            if Instant::now() > until {
                 let _ = self.qemu.kill();
                 let _ = self.qemu.wait();
                 panic!(

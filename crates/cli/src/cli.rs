@@ -53,6 +53,19 @@ pub enum Command {
     Bench(BenchArgs),
     /// Open an interactive shell (with a terminal) in a revived guest.
     Shell(ShellArgs),
+    /// Check this host and a base: programs, KVM, space; unique randomness, the clock, a
+    /// share's POSIX fidelity, no route out. Exits 1 naming what failed.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The base to check [default: the default base, if there is one].
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Revives for the randomness check.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub revives: u32,
 }
 
 #[derive(Debug, Args)]

@@ -140,6 +140,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,
+        Command::Doctor(args) => {
+            crate::doctor::doctor(args.base.as_deref(), args.revives, &progress).await
+        }
     }
 }
 
@@ -159,7 +162,7 @@ fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
 }
 
 /// The name the default Debian base gets, so later runs find it without re-deriving it.
-const DEFAULT_BASE: &str = "default";
+pub(crate) const DEFAULT_BASE: &str = "default";
 
 async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Result<Base> {
     let store = store()?;

@@ -4,6 +4,7 @@ mod bench;
 mod bench_run;
 mod cli;
 mod commands;
+mod doctor;
 #[cfg(test)]
 mod fuzz_args;
 mod report;

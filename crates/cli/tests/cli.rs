@@ -1230,3 +1230,64 @@ fn shell_in_a_real_terminal_draws_no_staircase_and_follows_resizes() {
     tmux.wait_for("the new size", |l| l == "25 100");
     tmux.cmd(&["send-keys", "-t", "t", "exit", "Enter"]);
 }
+
+/// `guestbox doctor` checks the host and the default base and says so in a table; a
+/// qemu-img of another QEMU release than qemu-system-x86_64 is named, and fails it.
+#[test]
+fn doctor_checks_the_host_and_the_base_and_names_what_fails() {
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = guestbox().arg("doctor").output().unwrap();
+    let (out, err) = text(&o);
+    for (name, verdict) in [
+        ("qemu-system-x86_64", "ok"),
+        ("QEMU release", "ok"),
+        ("free space", "ok"),
+        ("unique randomness", "ok"),
+        ("guest clock", "ok"),
+        ("no route out", "ok"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(name) && l[name.len()..].trim_start().starts_with(verdict)),
+            "{name} not {verdict}:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().any(|l| l.starts_with("share fidelity")),
+        "{out}"
+    );
+    let failed = out.lines().any(|l| l.contains(" FAIL "));
+    assert_eq!(
+        o.status.code(),
+        Some(if failed { 1 } else { 0 }),
+        "{out}{err}"
+    );
+    // A qemu-img of QEMU 10 beside qemu-system-x86_64 7.2: what a half-done set-up leaves.
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("qemu-img");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = guestbox()
+        .args(["doctor", "--revives", "2"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("QEMU release") && l.contains("FAIL") && l.contains("10.0")),
+        "{out}"
+    );
+    assert!(err.contains("QEMU release"), "{err}");
+}

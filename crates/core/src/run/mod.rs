@@ -192,9 +192,8 @@ impl Session {
                 readonly: v.volume.readonly,
             });
         }
-        let sockets = PairSockets::new(run_dir.path())?;
-        let (guest, controller) =
-            launch(&qemu, base, &profile, &run_dir, &sockets, &devices, opts).await?;
+        let (guest, controller, sockets) =
+            launch(&qemu, store, base, &profile, &run_dir, &devices, opts).await?;
         Ok(Session {
             profile,
             runs,
@@ -366,13 +365,15 @@ pub async fn run(
 /// overlays, with `devices` behind the controller's 9p devices. Returns once both run.
 async fn launch(
     qemu: &std::path::Path,
+    store: &Store,
     base: &Base,
     profile: &Profile,
     run_dir: &RunDir,
-    sockets: &PairSockets,
     devices: &[ControllerShare],
     opts: &SessionOptions,
-) -> Result<(Vm, Vm)> {
+) -> Result<(Vm, Vm, PairSockets)> {
+    let sockets = PairSockets::new(run_dir.path())?;
+    let sockets = &sockets;
     let overlays = PairFiles {
         kernel: base.file(files::KERNEL),
         guest_initrd: base.file(files::GUEST_INITRD),
@@ -384,9 +385,10 @@ async fn launch(
         base.file(files::GUEST_DISK),
         base.file(files::CONTROLLER_DISK),
     );
+    let templates = store.cache.join("overlays");
     let (g, c) = tokio::join!(
-        overlay::create(&guest_disk, &overlays.guest_disk),
-        overlay::create(&controller_disk, &overlays.controller_disk)
+        overlay::create_from_template(&guest_disk, &overlays.guest_disk, &templates),
+        overlay::create_from_template(&controller_disk, &overlays.controller_disk, &templates)
     );
     g?;
     c?;
@@ -411,7 +413,7 @@ async fn launch(
             },
         )
         .await?;
-        Ok((g, c))
+        Ok((g, c, sockets.clone()))
     } else {
         let ram = RamMode::Revive {
             guest: base.file(files::GUEST_RAM),
@@ -425,14 +427,15 @@ async fn launch(
             &base.manifest.id,
             !opts.replay_snapshot_randomness,
         ));
-        lifecycle::revive(
+        let (g, c) = lifecycle::revive(
             qemu,
             guest,
             controller,
             &base.file(files::GUEST_STATE),
             &base.file(files::CONTROLLER_STATE),
         )
-        .await
+        .await?;
+        Ok((g, c, sockets.clone()))
     }
 }
 

@@ -53,6 +53,47 @@ pub enum Command {
     Bench(BenchArgs),
     /// Open an interactive shell (with a terminal) in a revived guest.
     Shell(ShellArgs),
+    /// Join a Bazel Remote Execution farm as a bot whose actions run in revived guests.
+    Worker(WorkerArgs),
+}
+
+impl Command {
+    /// Whether the command handles SIGTERM and SIGINT itself (instead of stopping at once).
+    pub fn handles_signals(&self) -> bool {
+        matches!(self, Command::Worker(_))
+    }
+}
+
+/// `guestbox worker`: a Remote Workers API bot (BuildGrid and other REAPI farms).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The farm's bots endpoint (plain-text gRPC).
+    #[arg(long, value_name = "grpc://HOST:PORT")]
+    pub reapi: String,
+    /// The REAPI instance name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub instance: String,
+    /// A base to run actions in (name or id; repeatable). Each is advertised as the platform
+    /// property guestbox-base=<its id>, with OSFamily of its profile.
+    #[arg(long = "base", value_name = "BASE", required = true)]
+    pub bases: Vec<String>,
+    /// Actions run at once (each in its own revived guest).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// On SIGTERM/SIGINT, how long running actions may take before they are stopped and
+    /// given back to the farm [default: as long as they take]. A second signal stops them
+    /// at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+    /// Where input roots are laid out [default: worker/ in guestbox's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// This bot's id in the farm [default: HOSTNAME-PID].
+    #[arg(long, value_name = "ID")]
+    pub bot_id: Option<String>,
+    /// How long one long-poll for work lasts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub poll_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -137,6 +137,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,
+        Command::Worker(args) => crate::worker::worker(args).await,
     }
 }
 

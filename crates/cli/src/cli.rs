@@ -55,6 +55,8 @@ pub enum Command {
     Shell(ShellArgs),
     /// Join a Bazel Remote Execution farm as a bot whose actions run in revived guests.
     Worker(WorkerArgs),
+    /// GitLab Runner custom executor driver: config, prepare, run, cleanup.
+    Gitlab(GitlabArgs),
 }
 
 impl Command {
@@ -62,6 +64,70 @@ impl Command {
     pub fn handles_signals(&self) -> bool {
         matches!(self, Command::Worker(_))
     }
+}
+
+/// `guestbox gitlab`: the stages of GitLab Runner's custom executor (`[runners.custom]`
+/// config_exec, prepare_exec, run_exec, cleanup_exec). Reads the job from the runner's
+/// environment (CUSTOM_ENV_CI_RUNNER_ID, CUSTOM_ENV_CI_JOB_ID, ...); exits with
+/// BUILD_FAILURE_EXIT_CODE when the job failed and SYSTEM_FAILURE_EXIT_CODE when guestbox did.
+#[derive(Debug, Args)]
+pub struct GitlabArgs {
+    #[command(subcommand)]
+    pub stage: GitlabStage,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitlabStage {
+    /// config_exec: print the builds and cache directories (in the guest) and the driver.
+    Config,
+    /// prepare_exec: revive the job's base and keep it for the job's later stages.
+    Prepare(GitlabPrepareArgs),
+    /// run_exec: run one stage's script in the job's guest (bash, output live).
+    Run {
+        /// The script GitLab Runner wrote for the stage.
+        script: PathBuf,
+        /// The stage's name (prepare_script, get_sources, step_script, after_script, ...).
+        stage: String,
+    },
+    /// cleanup_exec: discard the job's guest and its builds directory.
+    Cleanup,
+    /// The per-job process that holds the guest (started by prepare).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GitlabPrepareArgs {
+    /// The base for jobs that name none. A job names one with the variable GUESTBOX_BASE
+    /// or, failing that, its image: (first match wins: GUESTBOX_BASE, image, --base).
+    #[arg(long, value_name = "BASE")]
+    pub base: Option<String>,
+    /// The guest goes away after this long without a stage (a runner that died).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// The guest goes away after this long whatever happens [default: the job's timeout
+    /// (CI_JOB_TIMEOUT, else 3 h) plus 10 minutes].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: Option<std::time::Duration>,
+    /// Host directory behind /cache in the guest, shared by jobs [default: gitlab/cache
+    /// in guestbox's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub job_dir: PathBuf,
+    /// The base's id.
+    #[arg(long)]
+    pub base: String,
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: std::time::Duration,
 }
 
 /// `guestbox worker`: a Remote Workers API bot (BuildGrid and other REAPI farms).

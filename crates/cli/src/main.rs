@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 #[cfg(test)]
 mod fuzz_args;
+mod gitlab;
 mod report;
 mod terminal;
 mod windows;

@@ -57,6 +57,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// GitLab Runner custom executor driver: config, prepare, run, cleanup.
     Gitlab(GitlabArgs),
+    /// Nix's builder for derivations made by nix/guestbox.nix (reads the derivation's
+    /// attributes from the environment).
+    #[command(hide = true)]
+    NixBuilder,
 }
 
 impl Command {

@@ -139,6 +139,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Shell(args) => shell(args, &progress).await,
         Command::Worker(args) => crate::worker::worker(args).await,
         Command::Gitlab(args) => crate::gitlab::gitlab(args).await,
+        Command::NixBuilder => crate::nix::nix_builder().await,
     }
 }
 

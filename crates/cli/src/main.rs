@@ -6,6 +6,7 @@ mod commands;
 #[cfg(test)]
 mod fuzz_args;
 mod gitlab;
+mod nix;
 mod report;
 mod terminal;
 mod windows;

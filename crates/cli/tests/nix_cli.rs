@@ -89,6 +89,7 @@ in rec {{
       cat ${{greeting}} > $out/greeting
       uname -n > $out/host
       ls /nix/store > $out/store
+      if touch /nix/store/intruder 2>/dev/null; then echo yes > $out/store-writable; fi
     '';
   }};
   # Another guestbox build's output as an input: its closure is in the store too.
@@ -142,6 +143,10 @@ fn a_derivation_reads_its_input_in_the_guest_and_writes_out() {
     assert_eq!(
         std::fs::read_to_string(reads.join("host")).unwrap().trim(),
         "guestbox-guest"
+    );
+    assert!(
+        !reads.join("store-writable").exists(),
+        "the guest could write to the store"
     );
     let store = std::fs::read_to_string(reads.join("store")).unwrap();
     let mut seen: Vec<&str> = store.lines().collect();

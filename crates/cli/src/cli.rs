@@ -82,11 +82,13 @@ pub struct GitlabArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GitlabStage {
-    /// config_exec: print the builds and cache directories (in the guest) and the driver.
+    /// config_exec: print the builds and cache directories (host directories, shared into
+    /// the guest at the same paths) and the driver.
     Config,
     /// prepare_exec: revive the job's base and keep it for the job's later stages.
     Prepare(GitlabPrepareArgs),
-    /// run_exec: run one stage's script in the job's guest (bash, output live).
+    /// run_exec: run one stage's script in the job's guest (bash, output live); the stages
+    /// that fetch and store sources, caches and artifacts run on the host.
     Run {
         /// The script GitLab Runner wrote for the stage.
         script: PathBuf,
@@ -113,10 +115,6 @@ pub struct GitlabPrepareArgs {
     /// (CI_JOB_TIMEOUT, else 3 h) plus 10 minutes].
     #[arg(long, value_parser = parse_duration)]
     pub max_job_time: Option<std::time::Duration>,
-    /// Host directory behind /cache in the guest, shared by jobs [default: gitlab/cache
-    /// in guestbox's data directory].
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

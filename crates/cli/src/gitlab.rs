@@ -10,6 +10,13 @@
 //! the job's time is up; its QEMUs die with it (parent-death signal), so no guest
 //! outlives its job.
 //!
+//! The builds and cache directories are host directories shared into the guest at the
+//! same paths, so a stage's script means the same files wherever it runs. The stages that
+//! need the network or the `gitlab-runner` helper — fetching sources, cache and
+//! artifacts ([`HOST_STAGES`]) — run on the host, as the shell executor would run them;
+//! the job's own scripts (prepare_script, step_*, build_script, after_script, and any
+//! stage not named there) run in the guest, which has no network by design.
+//!
 //! Which base a job runs in, first match wins: the job's `GUESTBOX_BASE` variable, then
 //! the job's `image:`, then `prepare --base` from the runner's config. A job that names a
 //! base that does not exist fails as a build failure (its configuration is wrong); a
@@ -32,11 +39,18 @@ use tokio::net::UnixStream;
 
 use crate::cli::{GitlabArgs, GitlabPrepareArgs, GitlabStage, SuperviseArgs};
 
-/// Where the job's working directories are, in the guest (GitLab puts each project at
-/// `/builds/<namespace>/<project>`).
-pub const GUEST_BUILDS_DIR: &str = "/builds";
-/// Where the runner's local cache is, in the guest.
-pub const GUEST_CACHE_DIR: &str = "/cache";
+/// Stages that run on the host: they fetch or store sources, caches and artifacts over
+/// the network with git and the gitlab-runner helper; the guest has no network.
+pub const HOST_STAGES: &[&str] = &[
+    "get_sources",
+    "restore_cache",
+    "download_artifacts",
+    "archive_cache",
+    "archive_cache_on_failure",
+    "upload_artifacts_on_success",
+    "upload_artifacts_on_failure",
+    "cleanup_file_variables",
+];
 /// The job time assumed when the runner does not say (GitLab's default is 1 h).
 const DEFAULT_JOB_TIME: Duration = Duration::from_secs(3 * 3600);
 /// Time beyond the job's own timeout that the supervisor waits for the runner's cleanup.
@@ -187,13 +201,21 @@ pub async fn gitlab(args: GitlabArgs) -> guestbox::Result<i32> {
     })
 }
 
-/// `config_exec`: where builds and the cache are in the guest, and who the driver is.
+/// The runner's local cache, shared by its jobs (on the host and, at the same path, in
+/// each job's guest).
+fn cache_dir(dirs: &Dirs) -> PathBuf {
+    dirs.data.join("gitlab").join("cache")
+}
+
+/// `config_exec`: where builds and the cache are (the same paths on the host and in the
+/// guest), and who the driver is.
 fn config() -> Result<i32, Failure> {
     let env = JobEnv::from_env()?;
+    let job = JobDir::of(&env)?;
     let json = serde_json::json!({
-        "builds_dir": GUEST_BUILDS_DIR,
-        "cache_dir": GUEST_CACHE_DIR,
-        // Each job has its own guest and its own host directory behind /builds.
+        "builds_dir": job.builds(),
+        "cache_dir": cache_dir(&Dirs::from_env()?),
+        // Each job has its own guest and its own builds directory.
         "builds_dir_is_shared": false,
         "driver": { "name": "guestbox", "version": env!("CARGO_PKG_VERSION") },
         "job_env": { "GUESTBOX_GITLAB_JOB": env.key },
@@ -303,10 +325,7 @@ async fn prepare(args: GitlabPrepareArgs) -> Result<i32, Failure> {
     job.tear_down().await?;
     std::fs::create_dir_all(job.builds())
         .map_err(|e| system(format!("creating {}: {e}", job.builds().display())))?;
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| dirs.data.join("gitlab").join("cache"));
+    let cache = cache_dir(&dirs);
     std::fs::create_dir_all(&cache)
         .map_err(|e| system(format!("creating {}: {e}", cache.display())))?;
     let max_time = args
@@ -400,7 +419,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `run_exec SCRIPT STAGE`: runs the stage's script in the job's guest, output live.
+/// `run_exec SCRIPT STAGE`: runs the stage's script in the job's guest (or, for
+/// [`HOST_STAGES`], on the host), output live.
 async fn run(script: &Path, stage: &str) -> Result<i32, Failure> {
     let env = JobEnv::from_env()?;
     let job = JobDir::of(&env)?;
@@ -411,6 +431,9 @@ async fn run(script: &Path, stage: &str) -> Result<i32, Failure> {
             "the {stage} script {} does not exist",
             script.display()
         )));
+    }
+    if HOST_STAGES.contains(&stage) {
+        return run_on_host(&script, stage).await;
     }
     let mut s = job.connect().await.map_err(|_| {
         system(format!(
@@ -445,6 +468,31 @@ async fn run(script: &Path, stage: &str) -> Result<i32, Failure> {
             "the {stage} script exited with {c}"
         ))),
         None => Err(system("the job's supervisor answered no exit status")),
+    }
+}
+
+/// A network stage, on the host as the shell executor runs it. Its output is inherited
+/// (live); a cancelled job's SIGTERM reaches it with the runner's process group.
+async fn run_on_host(script: &Path, stage: &str) -> Result<i32, Failure> {
+    let status = tokio::process::Command::new("bash")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| {
+            system(format!(
+                "running the {stage} script on the host with bash: {e}"
+            ))
+        })?;
+    match status.code() {
+        Some(0) => Ok(0),
+        Some(c) => Err(Failure::Build(format!(
+            "the {stage} script (on the host) exited with {c}"
+        ))),
+        None => Err(Failure::Build(format!(
+            "the {stage} script (on the host) was killed ({status})"
+        ))),
     }
 }
 
@@ -552,14 +600,15 @@ async fn supervise(args: SuperviseArgs) -> guestbox::Result<i32> {
     let base = store.resolve(&args.base)?;
     let opts = SessionOptions {
         volumes: vec![
+            // At the same paths as on the host: the scripts name them.
             Volume {
                 host: args.job_dir.join("builds"),
-                guest: GUEST_BUILDS_DIR.into(),
+                guest: args.job_dir.join("builds").to_string_lossy().into_owned(),
                 readonly: false,
             },
             Volume {
                 host: args.cache_dir.clone(),
-                guest: GUEST_CACHE_DIR.into(),
+                guest: args.cache_dir.to_string_lossy().into_owned(),
                 readonly: false,
             },
         ],

@@ -20,7 +20,8 @@ use common::{descendants, guestbox, live_cmdline, test_home, text};
 /// Distinct from GitLab's own values, so that the test sees the driver use the variables.
 const BUILD_FAILURE: i32 = 41;
 const SYSTEM_FAILURE: i32 = 42;
-const PROJECT_DIR: &str = "/builds/group/project";
+/// The project's path under the builds directory, as GitLab lays it out.
+const PROJECT: &str = "group/project";
 
 /// Makes sure the default base exists (cheap when it does).
 fn default_base_ready() {
@@ -35,6 +36,8 @@ struct RunnerStandIn {
     vars: Vec<(String, String)>,
     /// Where the runner writes each stage's script.
     scripts: tempfile::TempDir,
+    /// What config_exec said (the runner calls it first).
+    config: serde_json::Value,
 }
 
 /// One run_exec call.
@@ -49,6 +52,14 @@ struct StageRun {
 
 impl RunnerStandIn {
     fn new(job_vars: &[(&str, &str)]) -> RunnerStandIn {
+        let mut r = Self::unconfigured(job_vars);
+        let o = r.driver(&["config"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "config_exec: {}", text(&o).1);
+        r.config = serde_json::from_slice(&o.stdout).expect("config_exec prints JSON");
+        r
+    }
+
+    fn unconfigured(job_vars: &[(&str, &str)]) -> RunnerStandIn {
         static N: AtomicU32 = AtomicU32::new(0);
         RunnerStandIn {
             runner_id: "17".into(),
@@ -58,7 +69,21 @@ impl RunnerStandIn {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             scripts: tempfile::tempdir().unwrap(),
+            config: serde_json::Value::Null,
         }
+    }
+
+    /// CI_PROJECT_DIR: the project under the builds directory config_exec gave.
+    fn project_dir(&self) -> String {
+        let builds = self.config["builds_dir"].as_str().unwrap_or("/builds");
+        format!("{builds}/{PROJECT}")
+    }
+
+    fn cache_dir(&self) -> String {
+        self.config["cache_dir"]
+            .as_str()
+            .unwrap_or("/cache")
+            .to_string()
     }
 
     fn key(&self) -> String {
@@ -78,17 +103,11 @@ impl RunnerStandIn {
             .env("CUSTOM_ENV_CI_RUNNER_ID", &self.runner_id)
             .env("CUSTOM_ENV_CI_JOB_ID", &self.job_id)
             .env("CUSTOM_ENV_CI_JOB_TIMEOUT", "600")
-            .env("CUSTOM_ENV_CI_PROJECT_DIR", PROJECT_DIR);
+            .env("CUSTOM_ENV_CI_PROJECT_DIR", self.project_dir());
         for (k, v) in &self.vars {
             c.env(format!("CUSTOM_ENV_{k}"), v);
         }
         c
-    }
-
-    fn config(&self) -> serde_json::Value {
-        let o = self.driver(&["config"]).output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "config_exec: {}", text(&o).1);
-        serde_json::from_slice(&o.stdout).expect("config_exec prints JSON")
     }
 
     fn prepare(&self, args: &[&str]) -> Output {
@@ -103,8 +122,9 @@ impl RunnerStandIn {
         std::fs::write(
             &path,
             format!(
-                "#!/usr/bin/env bash\nset -eo pipefail\nexport CI_JOB_ID={}\nexport CI_PROJECT_DIR={PROJECT_DIR}\n{body}\n",
-                self.job_id
+                "#!/usr/bin/env bash\nset -eo pipefail\nexport CI_JOB_ID={}\nexport CI_PROJECT_DIR='{}'\n{body}\n",
+                self.job_id,
+                self.project_dir()
             ),
         )
         .unwrap();
@@ -255,9 +275,16 @@ fn assert_all_gone(pids: &[i32], limit: Duration, what: &str) {
 fn stand_in_runner_runs_every_stage_of_a_job_in_one_guest() {
     default_base_ready();
     let runner = RunnerStandIn::new(&[]);
-    let config = runner.config();
-    assert_eq!(config["builds_dir"], "/builds");
-    assert_eq!(config["cache_dir"], "/cache");
+    let config = &runner.config;
+    // Host directories, shared into the guest at the same paths.
+    assert_eq!(
+        config["builds_dir"].as_str(),
+        runner.job_dir().join("builds").to_str()
+    );
+    assert_eq!(
+        config["cache_dir"].as_str(),
+        test_home().join("gitlab/cache").to_str()
+    );
     assert_eq!(config["builds_dir_is_shared"], false);
     assert_eq!(config["driver"]["name"], "guestbox");
     assert!(config["driver"]["version"].is_string());
@@ -269,20 +296,27 @@ fn stand_in_runner_runs_every_stage_of_a_job_in_one_guest() {
     assert!(text(&o).0.contains("ready"), "{}", text(&o).0);
     let (supervisor, qemus) = runner.guest_processes();
 
-    let cache_file = format!("{}.txt", runner.job_id);
+    let cache_file = format!("{}/{}.txt", runner.cache_dir(), runner.job_id);
+    let step_script = format!(
+        "cd \"$CI_PROJECT_DIR\"; echo first; sleep 3; cat src.txt; \
+         echo guest-disk-state > /tmp/state; echo \"cached in $(uname -n)\" > '{cache_file}'; \
+         echo second"
+    );
+    let archive_cache = format!("cat '{cache_file}'");
     let runs = runner.job(&[
         ("prepare_script", "echo \"Running on $(uname -n)\""),
+        // On the host (it would use git and the network): the sources land in the
+        // builds directory, which the guest sees.
         (
             "get_sources",
-            "mkdir -p \"$CI_PROJECT_DIR\" && echo sources > \"$CI_PROJECT_DIR/src.txt\"",
+            "mkdir -p \"$CI_PROJECT_DIR\" && echo \"sources from $(uname -n)\" > \"$CI_PROJECT_DIR/src.txt\"",
         ),
-        (
-            "step_script",
-            "cd \"$CI_PROJECT_DIR\"; echo first; sleep 3; cat src.txt; echo guest-disk-state > /tmp/state; echo second",
-        ),
+        ("step_script", &step_script),
         ("after_script", "cat /tmp/state"),
-        ("archive_cache", &format!("echo cached > /cache/{cache_file}")),
+        // On the host: what the guest left in the cache directory is there.
+        ("archive_cache", &archive_cache),
     ]);
+    let _ = std::fs::remove_file(&cache_file);
     for (name, r) in &runs {
         assert_eq!(r.code, Some(0), "{name}: {}\n{}", r.stdout, r.stderr);
     }
@@ -293,11 +327,17 @@ fn stand_in_runner_runs_every_stage_of_a_job_in_one_guest() {
         "not in the guest: {}",
         stage(&runs, "prepare_script").stdout
     );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let step = stage(&runs, "step_script");
     assert!(
-        step.stdout.contains("first\nsources\nsecond"),
+        step.stdout
+            .contains(&format!("first\nsources from {}\nsecond", host.trim())),
         "{}",
         step.stdout
+    );
+    assert_eq!(
+        stage(&runs, "archive_cache").stdout.trim(),
+        "cached in guestbox-guest"
     );
     // Live: the first line came seconds before the stage ended.
     let first = step
@@ -316,18 +356,6 @@ fn stand_in_runner_runs_every_stage_of_a_job_in_one_guest() {
         stage(&runs, "after_script").stdout.trim(),
         "guest-disk-state"
     );
-    // The builds directory is the host's, the cache too.
-    let host_src = runner.job_dir().join("builds/group/project/src.txt");
-    assert_eq!(
-        std::fs::read_to_string(&host_src).unwrap().trim(),
-        "sources"
-    );
-    let host_cache = test_home().join("gitlab/cache").join(&cache_file);
-    assert_eq!(
-        std::fs::read_to_string(&host_cache).unwrap().trim(),
-        "cached"
-    );
-    let _ = std::fs::remove_file(host_cache);
 
     let o = runner.cleanup();
     assert_eq!(o.status.code(), Some(0), "cleanup_exec: {}", text(&o).1);
@@ -445,7 +473,7 @@ fn a_job_with_the_wrong_base_or_no_job_id_fails_clearly() {
     assert_eq!(o.status.code(), Some(BUILD_FAILURE), "{err}");
     assert!(err.contains("GUESTBOX_BASE"), "{err}");
     // Not run by a runner: a system failure naming the variable.
-    let o = runner
+    let o = RunnerStandIn::unconfigured(&[])
         .driver(&["config"])
         .env_remove("CUSTOM_ENV_CI_JOB_ID")
         .output()

@@ -271,6 +271,52 @@ fn sigterm_drains_the_running_action_then_exits_0() {
 }
 
 #[test]
+fn past_the_drain_timeout_the_running_action_is_stopped_and_given_back() {
+    let _serial = serial();
+    let base = test_base();
+    let mut w = WorkerProcess::start(&[&base], &["--drain-timeout", "2s"]);
+    let n = unique("cut-off");
+    bazel().package(
+        "gbcut",
+        &genrule("c", &format!("sleep 120; echo {n} > $@")),
+        &[],
+    );
+    let b = base.clone();
+    let builder = std::thread::spawn(move || build(&b, &["--remote_retries=0"], &["//gbcut:c"]));
+    let start = Instant::now();
+    while w.qemus().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "no guest was revived; worker log:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let qemus = w.qemus();
+    let t = Instant::now();
+    let status = w.terminate(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the cancelled action was not stopped promptly: {:?}",
+        t.elapsed()
+    );
+    for q in qemus {
+        assert!(
+            live_cmdline(q).is_none(),
+            "QEMU {q} of the cancelled action lives on"
+        );
+    }
+    assert!(w.log().contains("given back"), "{}", w.log());
+    let r = builder.join().unwrap();
+    assert!(
+        !r.success,
+        "the cut-off action cannot have succeeded:\n{}",
+        r.output
+    );
+}
+
+#[test]
 fn a_guest_that_cannot_be_revived_is_an_infrastructure_failure_not_an_exit_code() {
     let _serial = serial();
     let base = test_base();

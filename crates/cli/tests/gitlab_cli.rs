@@ -244,6 +244,16 @@ impl RunnerStandIn {
     }
 }
 
+/// A test that failed half-way still ends its job, as the runner would (cleanup_exec
+/// runs even after a failed stage): no guest outlives the test.
+impl Drop for RunnerStandIn {
+    fn drop(&mut self) {
+        if self.job_dir().exists() {
+            let _ = self.cleanup();
+        }
+    }
+}
+
 fn stage<'a>(runs: &'a [(String, StageRun)], name: &str) -> &'a StageRun {
     &runs
         .iter()

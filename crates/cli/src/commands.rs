@@ -143,6 +143,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Doctor(args) => {
             crate::doctor::doctor(args.base.as_deref(), args.revives, &progress).await
         }
+        Command::Worker(args) => crate::worker::worker(args).await,
+        Command::Gitlab(args) => crate::gitlab::gitlab(args).await,
+        Command::NixBuilder => crate::nix::nix_builder().await,
     }
 }
 

@@ -76,6 +76,22 @@ pub struct Pulled {
     pub report: Report,
 }
 
+/// What [`Client::inspect`] found.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// Digest of the image manifest.
+    pub digest: String,
+    /// The config blob, byte for byte (the sealed guestbox manifest).
+    pub config: Vec<u8>,
+    /// The files a pull would write, in manifest order.
+    pub files: Vec<PulledFile>,
+    pub annotations: Annotations,
+    /// Blobs of the artifact: every part and the config.
+    pub blobs: usize,
+    /// Total bytes of all blobs (compressed).
+    pub bytes_blobs: u64,
+}
+
 /// Removes the files a pull created unless it succeeded, however it ends (error, panic,
 /// or the future dropped).
 struct DestGuard(Vec<PathBuf>);
@@ -117,6 +133,40 @@ impl Client {
             // Not every registry sends it on HEAD: hash the manifest itself.
             _ => Ok(fetch_manifest(&session, reference).await?.0),
         }
+    }
+
+    /// What `reference` names, without pulling it: the manifest's digest, the config blob
+    /// (checked against its digest) and the files. A caller can refuse the base, or find it
+    /// already has it, before any part moves; pulling `reference.with_digest(&digest)`
+    /// afterwards gets exactly what was inspected even if the tag moves meanwhile.
+    pub async fn inspect(&self, reference: &Reference) -> Result<Inspected> {
+        let session = self.session(reference, "pull", &[]).await?;
+        let (digest, manifest) = fetch_manifest(&session, reference).await?;
+        check_is_base(reference, &manifest)?;
+        let layers = format::parse_layers(&reference.to_string(), &manifest)?;
+        if manifest.config.size > MAX_CONFIG {
+            return Err(Error::Manifest {
+                reference: reference.to_string(),
+                reason: format!("its config blob is {} bytes", manifest.config.size),
+            });
+        }
+        let config = fetch_small(&session, &manifest.config, "the config").await?;
+        let files = layers
+            .iter()
+            .filter(|(p, _)| p.index == 0)
+            .map(|(p, _)| PulledFile {
+                name: p.file.clone(),
+                size: p.file_size,
+            })
+            .collect();
+        Ok(Inspected {
+            digest,
+            config,
+            files,
+            annotations: manifest.annotations.clone(),
+            blobs: manifest.layers.len() + 1,
+            bytes_blobs: manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size,
+        })
     }
 
     /// Pulls the base `reference` names into `opts.dest_dir`.
@@ -226,6 +276,38 @@ impl Client {
             },
         })
     }
+}
+
+/// A small blob (the config) into memory, checked against its size and digest.
+async fn fetch_small(session: &Session, desc: &Descriptor, what: &str) -> Result<Vec<u8>> {
+    let url = session.url(&format!("blobs/{}", desc.digest));
+    let resp = session
+        .send(Method::GET, &url, header("accept", "*/*"), None)
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(session.fail(&Method::GET, &url, resp).await);
+    }
+    let body = resp.bytes().await.map_err(|source| Error::Http {
+        url: url.clone(),
+        source,
+    })?;
+    if body.len() as u64 != desc.size {
+        return Err(Error::Size {
+            digest: desc.digest.clone(),
+            what: what.to_string(),
+            expected: desc.size,
+            actual: body.len() as u64,
+        });
+    }
+    let actual = format::sha256_digest(&body);
+    if actual != desc.digest {
+        return Err(Error::Digest {
+            digest: desc.digest.clone(),
+            actual,
+            what: format!("{what} from {}/{}", session.registry, session.repository),
+        });
+    }
+    Ok(body.to_vec())
 }
 
 /// The manifest `reference` names and its digest, checked against a pinned digest.

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 #[cfg(test)]
 mod fuzz_args;
+mod registry;
 mod report;
 mod terminal;
 mod windows;

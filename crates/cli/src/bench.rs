@@ -1,6 +1,8 @@
 //! `guestbox bench`: the speed and memory figures, measured in one go and printed as a
 //! table of medians and ratios. Targets are checked here, not in timed tests.
 
+mod transfer;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -422,7 +424,19 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         format!("{:.0}%", sh / lo * 100.0),
         ">= 50%",
     );
+    rows.extend(transfer::rows(&small, n, progress).await?);
     Ok(rows)
+}
+
+/// `guestbox bench --registry`: only the push and pull rows, on the default base.
+pub async fn registry(
+    dirs: &Dirs,
+    accel: AccelChoice,
+    runs: usize,
+    progress: &Progress,
+) -> Result<Vec<Row>> {
+    let base = base_with(dirs, 1024, accel, progress).await?;
+    transfer::rows(&base, runs, progress).await
 }
 
 pub fn print_table(rows: &[Row], title: &str) {

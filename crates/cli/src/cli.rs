@@ -307,6 +307,9 @@ pub struct BenchArgs {
     /// Runs at once for --soak's load figure.
     #[arg(long, default_value_t = 8, requires = "soak")]
     pub parallel: usize,
+    /// Only the push and pull figures (a registry of its own on 127.0.0.1, and curl).
+    #[arg(long, conflicts_with = "soak")]
+    pub registry: bool,
 }
 
 #[derive(Debug, Args)]

@@ -115,6 +115,20 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => {
+            if args.registry {
+                let rows = crate::bench::registry(
+                    &Dirs::from_env()?,
+                    args.accel.into(),
+                    args.runs,
+                    &progress,
+                )
+                .await?;
+                crate::bench::print_table(
+                    &rows,
+                    &format!("push and pull, medians of {} runs", args.runs.clamp(1, 3)),
+                );
+                return Ok(0);
+            }
             if let Some(soak) = args.soak {
                 let rows = crate::bench::reliability(
                     &Dirs::from_env()?,

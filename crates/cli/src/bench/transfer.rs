@@ -10,7 +10,7 @@ use guestbox::host::programs::{self, Program};
 use guestbox::store::{import, Base, MANIFEST};
 use guestbox::{Error, IoContext, Result};
 
-use super::{median, Row};
+use super::{median, own_cpu, Row};
 
 const REGISTRY: Program = Program {
     name: "docker-registry",
@@ -278,6 +278,9 @@ pub async fn rows(
     ));
     let (mut push_s, mut again_s, mut pull_s, mut whole_s) = (vec![], vec![], vec![], vec![]);
     let (mut up_s, mut down_s) = (vec![], vec![]);
+    // CPU seconds of this process (push, pull) or its reaped children (curl): on shared
+    // cores the wall times move with the neighbours' load, the CPU cost does not as much.
+    let (mut push_cpu, mut pull_cpu, mut up_cpu, mut down_cpu) = (vec![], vec![], vec![], vec![]);
     let mut wire = 0;
     let mut base_bytes = 0;
     let mut again_bytes = 0;
@@ -289,11 +292,13 @@ pub async fn rows(
         // A fresh state each time: every part compressed, nothing mounted.
         let state = tmp.path().join(format!("state-{i}"));
         let opts = oci::PushOptions::new(state);
+        let cpu = own_cpu();
         let report = client
             .push(&r, &to_push, &opts, &oci::NoProgress)
             .await
             .map_err(|e| oci_error("pushing the base", e))?;
         push_s.push(report.seconds);
+        push_cpu.push(own_cpu() - cpu);
         wire = report.bytes_transferred;
         base_bytes = report.bytes_files;
         let again = client
@@ -305,11 +310,13 @@ pub async fn rows(
 
         let dest = tmp.path().join(format!("pulled-{i}"));
         let popts = oci::PullOptions::new(tmp.path().join(format!("staging-{i}")), dest.clone());
+        let cpu = own_cpu();
         let pulled = client
             .pull(&r, &popts, &oci::NoProgress)
             .await
             .map_err(|e| oci_error("pulling the base", e))?;
         pull_s.push(pulled.report.seconds);
+        pull_cpu.push(own_cpu() - cpu);
         std::fs::remove_dir_all(&dest).ctx(|| format!("removing {}", dest.display()))?;
 
         // What a user runs: `guestbox pull` into an empty home, checks and registration
@@ -335,11 +342,15 @@ pub async fn rows(
         std::fs::remove_dir_all(&home).ctx(|| format!("removing {}", home.display()))?;
 
         let blobs = blobs_of(&reg, &repo).await?;
+        let cpu = own_cpu();
         up_s.push(curl_up(&reg, &format!("bench/curl-{i}"), &blobs).await?);
+        up_cpu.push(own_cpu() - cpu);
         let down = tmp.path().join(format!("curl-{i}"));
         std::fs::create_dir_all(&down).ctx(|| format!("creating {}", down.display()))?;
         let digests: Vec<String> = blobs.iter().map(|(d, _)| d.clone()).collect();
+        let cpu = own_cpu();
         down_s.push(curl_down(&reg, &repo, &digests, &down).await?);
+        down_cpu.push(own_cpu() - cpu);
         std::fs::remove_dir_all(&down).ctx(|| format!("removing {}", down.display()))?;
         step.detail(&format!("{} of {n}", i + 1));
     }
@@ -353,6 +364,12 @@ pub async fn rows(
         median(up_s),
         median(down_s),
     );
+    let (push_cpu, pull_cpu, up_cpu, down_cpu) = (
+        median(push_cpu),
+        median(pull_cpu),
+        median(up_cpu),
+        median(down_cpu),
+    );
     let rate = |secs: f64| mib(wire) / secs;
     let mut rows = Vec::new();
     let mut row = |what: &str, value: String, target: &str| {
@@ -365,7 +382,7 @@ pub async fn rows(
     row(
         "push of the default base (loopback registry, nothing there)",
         format!(
-            "{push:.2} s: {:.0} MiB/s of base, {:.0} MiB/s on the wire",
+            "{push:.2} s ({push_cpu:.1} CPU-s): {:.0} MiB/s of base, {:.0} MiB/s on the wire",
             mib(base_bytes) / push,
             rate(push)
         ),
@@ -373,7 +390,7 @@ pub async fn rows(
     );
     row(
         "  curl uploading the same blobs (POST + PUT, 3 at once)",
-        format!("{up:.2} s: {:.0} MiB/s", rate(up)),
+        format!("{up:.2} s ({up_cpu:.1} CPU-s): {:.0} MiB/s", rate(up)),
         "",
     );
     row(
@@ -389,7 +406,7 @@ pub async fn rows(
     row(
         "pull of the default base (download, check, unpack, fsync)",
         format!(
-            "{pull:.2} s: {:.0} MiB/s of base, {:.0} MiB/s on the wire",
+            "{pull:.2} s ({pull_cpu:.1} CPU-s): {:.0} MiB/s of base, {:.0} MiB/s on the wire",
             mib(base_bytes) / pull,
             rate(pull)
         ),
@@ -397,7 +414,7 @@ pub async fn rows(
     );
     row(
         "  curl downloading the same blobs (3 at once, into files)",
-        format!("{down:.2} s: {:.0} MiB/s", rate(down)),
+        format!("{down:.2} s ({down_cpu:.1} CPU-s): {:.0} MiB/s", rate(down)),
         "",
     );
     row(

@@ -1,6 +1,8 @@
 //! `guestbox bench`: the speed and memory figures, measured in one go and printed as a
 //! table of medians and ratios. Targets are checked here, not in timed tests.
 
+mod transfer;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,10 @@ pub struct BenchOptions {
 
 impl BenchOptions {
     fn wants(&self, s: Section) -> bool {
-        self.only.is_empty() || self.only.contains(&s)
+        if self.only.is_empty() {
+            return s != Section::Registry;
+        }
+        self.only.contains(&s)
     }
 }
 
@@ -104,6 +109,9 @@ pub enum Section {
     Cold,
     /// Writes to a shared directory against the guest's own disk.
     Write,
+    /// Push and pull of the base through a registry of its own on loopback, against curl
+    /// moving the same blobs (not in the default set: it needs Debian's docker-registry).
+    Registry,
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -404,6 +412,9 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
             "%",
             ">= 80%",
         ));
+    }
+    if opts.wants(Section::Registry) {
+        rows.extend(transfer::rows(&small, n, progress).await?);
     }
     Ok(rows)
 }

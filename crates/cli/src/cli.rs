@@ -64,6 +64,35 @@ pub enum Command {
     /// attributes from the environment).
     #[command(hide = true)]
     NixBuilder,
+    /// Push a base to an OCI registry as REGISTRY/REPOSITORY:TAG.
+    ///
+    /// What is sent: the base's disks, RAM files, device states, kernel and initrds, its
+    /// sealed manifest, and its secrets.json, which holds the SSH client key and the SMB
+    /// password its two VMs use on their private link. Whoever can pull the reference can
+    /// read all of it, those included: push only where you would keep the base's disks.
+    /// The two credentials open nothing but VMs revived from this base (or made from its
+    /// guest image), which listen on their private link only; the base's frozen memory
+    /// holds them anyway, and `run --cold` needs the file.
+    ///
+    /// Parts the repository has are not sent again (a second push sends nothing), parts
+    /// another repository of the registry has are mounted, an interrupted push resumes.
+    /// Credentials: GUESTBOX_REGISTRY_USER and GUESTBOX_REGISTRY_PASSWORD, else the file
+    /// REGISTRY_AUTH_FILE names, else $DOCKER_CONFIG/config.json or ~/.docker/config.json
+    /// (`docker login`); none: anonymous. HTTPS always; plain HTTP only for localhost,
+    /// 127.0.0.1, [::1] and --insecure-registry hosts.
+    Push(PushArgs),
+    /// Pull a base from an OCI registry into the store (REF: REGISTRY/REPOSITORY:TAG or
+    /// ...@sha256:DIGEST).
+    ///
+    /// Every part is checked against its digest as it arrives, the base is put together in
+    /// a temporary directory and registered only once every file matches the checksums in
+    /// its sealed manifest. A base already in the store is not pulled again. A base made by
+    /// another QEMU or machine type is pulled with a warning and refused by `run` as a
+    /// local one would be; one made by another guestbox build (another controller agent)
+    /// is refused before anything is downloaded. An interrupted pull resumes: what it
+    /// downloaded stays in the data directory's registry/pull for a week (`gc` removes it
+    /// after that). Credentials and TLS as for `push`.
+    Pull(PullArgs),
 }
 
 impl Command {
@@ -404,7 +433,7 @@ pub struct BenchArgs {
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
-    /// Only these sections (comma-separated) [default: all].
+    /// Only these sections (comma-separated) [default: all but registry].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<crate::bench::Section>,
     /// The rows as JSON (key, what, value, number, unit, target) instead of a table.
@@ -413,6 +442,10 @@ pub struct BenchArgs {
     /// Runs at once for --soak's load figure.
     #[arg(long, default_value_t = 8, requires = "soak")]
     pub parallel: usize,
+    /// Only the push and pull figures (a registry of its own on 127.0.0.1, and curl):
+    /// the same as --only registry.
+    #[arg(long, conflicts_with_all = ["soak", "only"])]
+    pub registry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -861,4 +894,60 @@ mod fuzz {
             prop_assert_eq!(check_duration(&s)?, None, "{:?}", s);
         }
     }
+}
+
+/// How to reach a registry: shared by `push` and `pull`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP to this registry (HOST or HOST:PORT) when HTTPS fails; repeatable.
+    /// localhost, 127.0.0.1 and [::1] always may.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Trust the CA certificates in this PEM file too (a registry with its own CA, as
+    /// docker's certs.d/HOST/ca.crt); repeatable.
+    #[arg(long = "ca-certificate", value_name = "PEM")]
+    pub ca_certificates: Vec<PathBuf>,
+    /// Print the result as JSON on stdout: the transfer report (bytes on the wire, blobs
+    /// moved and skipped, seconds) and the base id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The base (name or id).
+    pub base: String,
+    /// Where to: REGISTRY[:PORT]/REPOSITORY:TAG, e.g. registry.example:5000/team/debian-build:v3.
+    #[arg(value_name = "REF", value_parser = parse_reference)]
+    pub reference: oci::Reference,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Cut files into parts of this size (e.g. 64M); a cut connection costs at most one
+    /// part, and a pull can only resume whole parts it has [default: 256M].
+    #[arg(long, value_parser = parse_size_mib, value_name = "SIZE")]
+    pub part_size: Option<u64>,
+    /// Bytes per upload request (PATCH) [default: 16M, at most the part size].
+    #[arg(long, value_parser = parse_size_mib, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    /// zstd level of the parts, 1-22: lower pushes faster, higher sends fewer bytes
+    /// [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What: REGISTRY[:PORT]/REPOSITORY:TAG or REGISTRY[:PORT]/REPOSITORY@sha256:DIGEST.
+    #[arg(value_name = "REF", value_parser = parse_reference)]
+    pub reference: oci::Reference,
+    /// A name for the pulled base (an alias, as `bootstrap --name` gives).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `REGISTRY/REPOSITORY[:TAG][@DIGEST]`, as docker writes it.
+pub fn parse_reference(s: &str) -> Result<oci::Reference, String> {
+    s.parse().map_err(|e: oci::Error| e.to_string())
 }

@@ -20,6 +20,12 @@ use crate::cli::{
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     let progress = crate::report::progress(cli.quiet);
     match cli.command {
+        Command::Push(args) => Ok(crate::registry::exit_code(
+            crate::registry::push(&args, &progress, cli.quiet).await,
+        )),
+        Command::Pull(args) => Ok(crate::registry::exit_code(
+            crate::registry::pull(&args, &progress, cli.quiet).await,
+        )),
         Command::Images(args) => {
             let built = images(&args.image, &progress).await?;
             println!("kernel      {}", built.kernel.dir.display());
@@ -48,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             let mut json = serde_json::to_value(&base.manifest).ctx(|| "printing the manifest")?;
             json["names"] = serde_json::json!(base.names);
             json["path"] = serde_json::json!(base.dir);
+            json["origin"] = serde_json::json!(base.origin());
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).ctx(|| "printing the manifest")?
@@ -129,7 +136,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 small_mib: 1024,
                 big_mib: args.big_memory,
                 accel: args.accel.into(),
-                only: args.only.clone(),
+                only: if args.registry {
+                    vec![crate::bench::Section::Registry]
+                } else {
+                    args.only.clone()
+                },
             };
             let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
             crate::bench::report(
@@ -361,6 +372,7 @@ fn ls(json: bool) -> Result<i32> {
                     "cpus": b.manifest.pair.guest_cpus,
                     "accel": b.manifest.pair.accel,
                     "disk_bytes": b.disk_usage(),
+                    "origin": b.origin(),
                 }),
                 Listed::Damaged { id, problem } => serde_json::json!({
                     "id": id,
@@ -376,8 +388,8 @@ fn ls(json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  CREATED",
-        "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK"
+        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  {:<20}  ORIGIN",
+        "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK", "CREATED"
     );
     let mut damaged = Vec::new();
     for l in &listed {
@@ -391,7 +403,7 @@ fn ls(json: bool) -> Result<i32> {
         };
         let m = &b.manifest;
         println!(
-            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {}",
+            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {:<20}  {}",
             &m.id[..12.min(m.id.len())],
             if b.names.is_empty() {
                 "-".to_string()
@@ -403,7 +415,8 @@ fn ls(json: bool) -> Result<i32> {
             m.pair.guest_cpus,
             m.pair.accel.qemu_name(),
             b.disk_usage() >> 20,
-            m.created
+            m.created,
+            b.origin().describe(true)
         );
     }
     for (id, problem) in damaged {

@@ -9,6 +9,7 @@ mod doctor;
 mod fuzz_args;
 mod gitlab;
 mod nix;
+mod registry;
 mod report;
 mod terminal;
 mod windows;

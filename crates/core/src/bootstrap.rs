@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -295,27 +294,7 @@ async fn build(
     .sealed()?;
     let json = serde_json::to_vec_pretty(&manifest).ctx(|| "writing the manifest")?;
     fs::write(dir.join(store::MANIFEST), json).ctx(|| "writing the manifest")?;
-    seal(dir, !qemu::private_ram_can_be_readonly(qemu_version))?;
+    store::import::seal(dir, !qemu::private_ram_can_be_readonly(qemu_version))?;
     step.done();
-    Ok(())
-}
-
-/// Makes every base file read-only (but the RAM files where QEMU needs to open them RW).
-fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
-    for e in fs::read_dir(dir)
-        .ctx(|| format!("reading {}", dir.display()))?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mode = if name == store::SECRETS {
-            0o400
-        } else if ram_writable && (name == files::GUEST_RAM || name == files::CONTROLLER_RAM) {
-            0o644
-        } else {
-            0o444
-        };
-        fs::set_permissions(e.path(), fs::Permissions::from_mode(mode))
-            .ctx(|| format!("sealing {name}"))?;
-    }
     Ok(())
 }

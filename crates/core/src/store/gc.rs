@@ -156,5 +156,16 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
             take(&path, &mut report);
         }
     }
+    // What interrupted pushes and pulls kept for their next attempt, once stale.
+    for path in crate::store::import::stale_registry_state(dirs, std::time::SystemTime::now()) {
+        if path.is_dir() {
+            take(&path, &mut report);
+        } else {
+            report.bytes += usage(&path);
+            if fs::remove_file(&path).is_ok() {
+                report.removed.push(path.display().to_string());
+            }
+        }
+    }
     Ok(report)
 }

@@ -7,7 +7,9 @@
 //! without waiting, so a base in use is never removed.
 
 pub mod gc;
+pub mod import;
 pub mod manifest;
+pub mod origin;
 pub mod verify;
 
 use std::fs::{self, File};
@@ -17,6 +19,7 @@ use crate::host::fs::make_writable;
 use crate::host::Dirs;
 use crate::{Error, IoContext, Result};
 pub use manifest::{files, FileSum, Manifest, Secrets, BASE_FORMAT, MANIFEST, SECRETS};
+pub use origin::{Origin, ORIGIN};
 pub use verify::{agent_id, checksum, quick_check, verify};
 
 #[derive(Debug, Clone)]

@@ -76,9 +76,21 @@ struct Revived {
 }
 
 async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> {
+    revive_many_as(dirs, base, count, false).await
+}
+
+/// [`revive_many`], `unconfined`: without the QEMUs' sandbox and user change (to measure
+/// what they cost).
+async fn revive_many_as(
+    dirs: &Dirs,
+    base: &Base,
+    count: usize,
+    unconfined: bool,
+) -> Result<Revived> {
     let store = Store::new(dirs);
     let opts = SessionOptions {
         boot_timeout: Duration::from_secs(60),
+        unconfined,
         ..SessionOptions::default()
     };
     let ours = own_cpu();
@@ -241,10 +253,16 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         opts.small_mib, opts.big_mib
     ));
     let mut rev_small = Vec::new();
+    let mut rev_unconfined = Vec::new();
+    let mut cpu_unconfined = Vec::new();
     let mut rev_big = Vec::new();
     let mut private_small = Vec::new();
     let mut cpu1 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
+        // Each confined revive next to an unconfined one, so that load drifts alike.
+        let u = revive_many_as(dirs, &small, 1, true).await?;
+        rev_unconfined.push(secs(u.wall));
+        cpu_unconfined.push(u.cpu.iter().sum::<f64>());
         let r = revive_many(dirs, &small, 1).await?;
         rev_small.push(secs(r.wall));
         private_small.extend(r.memory);
@@ -303,6 +321,13 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     }
     step.done();
 
+    let unconfined = median(rev_unconfined);
+    let cpu_confined = median(
+        (0..cpu1[0].len())
+            .map(|i| cpu1[0][i] + cpu1[1][i] + cpu1[2][i])
+            .collect(),
+    );
+    let cpu_unconfined = median(cpu_unconfined);
     let (rs, rb, p4, cr) = (
         median(rev_small),
         median(rev_big),
@@ -314,6 +339,16 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         "revive to running (1 pair)",
         format!("{:.3} s", rs),
         "<= 0.3 s",
+    );
+    row(
+        "  confinement (seccomp, no root), per revive",
+        format!(
+            "{:+.1} ms wall ({:.3} s unconfined), {:+.1} ms CPU",
+            (rs - unconfined) * 1e3,
+            unconfined,
+            (cpu_confined - cpu_unconfined) * 1e3
+        ),
+        "a few ms",
     );
     row("cold boot to ready (same pair)", format!("{:.2} s", cr), "");
     row("  cold / revive", format!("{:.0}x", cr / rs), ">= 10x");

@@ -17,6 +17,7 @@ use crate::host::process::run_tool;
 use crate::host::{programs, Dirs};
 use crate::images::{self, kernel_append, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
+use crate::machine::confine::Policy;
 use crate::machine::qemu::{self, QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
@@ -225,8 +226,11 @@ async fn build(
     let shares = lifecycle::idle_shares(sockets_dir.path())?;
     let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
     let mut controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+    // Neither VM serves a host directory yet: as root, both become the QEMU user.
+    let confinement = Policy::for_host(&store.cache, qemu).await?.plain();
     for spec in [&mut guest_spec, &mut controller_spec] {
         spec.generation_id = Some(generation(id, false));
+        spec.confinement = confinement;
     }
     let (guest, controller) =
         lifecycle::start(qemu, guest_spec, controller_spec, opts.timeout).await?;

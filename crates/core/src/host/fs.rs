@@ -158,7 +158,8 @@ pub fn remove_build_dir(dir: &Path) {
         }
     }
     make_writable(dir);
-    if let Err(e) = fs::remove_dir_all(dir) {
+    // A tree built without root holds files of subordinate ids: see host::userns.
+    if let Err(e) = super::userns::remove_tree(dir) {
         tracing::warn!("could not remove {}: {e}", dir.display());
     }
 }

@@ -65,6 +65,20 @@ impl Supervised {
         inherit: Option<std::os::fd::RawFd>,
         cwd: Option<&Path>,
     ) -> Result<Self> {
+        let fds: Vec<std::os::fd::RawFd> = inherit.into_iter().collect();
+        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd)
+    }
+
+    /// Like [`Self::spawn`], and the child keeps each descriptor of `inherit` at the same
+    /// number and starts in `cwd`.
+    pub fn spawn_inheriting(
+        name: &str,
+        program: &Path,
+        args: &[impl AsRef<OsStr>],
+        stderr_path: &Path,
+        inherit: &[std::os::fd::RawFd],
+        cwd: Option<&Path>,
+    ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
         let mut std_cmd = std::process::Command::new(program);
@@ -77,13 +91,16 @@ impl Supervised {
         if let Some(dir) = cwd {
             std_cmd.current_dir(dir);
         }
-        if let Some(fd) = inherit {
+        if !inherit.is_empty() {
+            let fds = inherit.to_vec();
             // SAFETY: fcntl is async-signal-safe. Clearing close-on-exec in the child only
-            // leaves our own descriptor untouched.
+            // leaves our own descriptors untouched.
             unsafe {
                 std_cmd.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -196,23 +213,54 @@ pub fn tail_of_text(text: &str, lines: usize) -> String {
 /// Runs a short-lived tool to completion (supervised), returning stdout; a non-zero exit is
 /// an error carrying the tail of stderr.
 pub async fn run_tool(what: &str, program: &Path, args: &[impl AsRef<OsStr>]) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
     let mut std_cmd = std::process::Command::new(program);
-    std_cmd.args(args).stdin(Stdio::null());
+    std_cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     supervise(&mut std_cmd);
     let mut cmd = Command::from(std_cmd);
     cmd.kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
+    let mut child = cmd
+        .spawn()
         .ctx(|| format!("starting {} ({})", what, program.display()))?;
-    if !out.status.success() {
+    let group = GroupGuard(child.id().map(|p| p as libc::pid_t));
+    let read = |pipe: Option<tokio::process::ChildStdout>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let read_err = |pipe: Option<tokio::process::ChildStderr>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let stdout = tokio::spawn(read(child.stdout.take()));
+    let stderr = tokio::spawn(read_err(child.stderr.take()));
+    let status = child
+        .wait()
+        .await
+        .ctx(|| format!("waiting for {} ({})", what, program.display()))?;
+    // Whatever the tool left behind in its group goes with it, before its output is
+    // collected: a leftover would hold the pipes open (unshare leaves its --map-auto helper
+    // waiting when it cannot make a user namespace).
+    drop(group);
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    if !status.success() {
         return Err(Error::Command {
             what: what.to_string(),
-            status: out.status.to_string(),
-            detail: tail_of_text(&String::from_utf8_lossy(&out.stderr), 15),
+            status: status.to_string(),
+            detail: tail_of_text(&String::from_utf8_lossy(&stderr), 15),
         });
     }
-    Ok(out.stdout)
+    Ok(stdout)
 }
 
 #[cfg(test)]

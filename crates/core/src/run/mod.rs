@@ -27,6 +27,7 @@ pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
 use crate::host::{fs::random_hex, programs};
+use crate::machine::confine::{Confinement, Policy};
 use crate::machine::{overlay, qemu, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
@@ -52,6 +53,9 @@ pub struct SessionOptions {
     /// new VM generation, no reseed from the host), so every run sees the random numbers,
     /// keys and UUIDs of every other.
     pub replay_snapshot_randomness: bool,
+    /// INSECURE, for measuring what confinement costs (`guestbox bench`) only: start both
+    /// QEMUs without their seccomp sandbox and, as root, without leaving root.
+    pub unconfined: bool,
 }
 
 /// One command in a session.
@@ -148,13 +152,27 @@ impl Session {
         }
         let hold = base.lock_shared()?;
         let started = Instant::now();
+        let policy = Policy::for_host(&store.cache, &qemu).await?;
         let runs = store.runs.clone();
         let run_dir = RunDir::create(&runs, "run-")?;
+        // The controller's QEMU serves the user's directories as their owner (as root).
+        let mut served: Vec<PathBuf> = volumes.iter().map(|v| v.host.clone()).collect();
+        served.extend(opts.xchg.iter().cloned());
+        let confinement = if opts.unconfined {
+            let off = Confinement {
+                off: true,
+                ..Confinement::default()
+            };
+            (off, off)
+        } else {
+            (policy.plain(), policy.serving(&served)?)
+        };
         let xchg = match &opts.xchg {
             Some(dir) => dir.clone(),
             None => {
                 let dir = run_dir.path().join(shares::XCHG_TAG);
                 fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                confinement.1.hand_over(&[&dir])?;
                 dir
             }
         };
@@ -188,8 +206,17 @@ impl Session {
             });
         }
         let sockets = PairSockets::new(run_dir.path())?;
-        let (guest, controller) =
-            launch(&qemu, base, &profile, &run_dir, &sockets, &devices, opts).await?;
+        let (guest, controller) = launch(
+            &qemu,
+            base,
+            &profile,
+            &run_dir,
+            &sockets,
+            &devices,
+            confinement,
+            opts,
+        )
+        .await?;
         Ok(Session {
             profile,
             runs,
@@ -357,7 +384,9 @@ pub async fn run(
 }
 
 /// Revives the base's pair (or cold-boots and sets it up) in `run_dir`, on fresh
-/// overlays, with `devices` behind the controller's 9p devices. Returns once both run.
+/// overlays, with `devices` behind the controller's 9p devices, each QEMU confined as
+/// given (guest, controller). Returns once both run.
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     qemu: &std::path::Path,
     base: &Base,
@@ -365,6 +394,7 @@ async fn launch(
     run_dir: &RunDir,
     sockets: &PairSockets,
     devices: &[ControllerShare],
+    confinement: (Confinement, Confinement),
     opts: &SessionOptions,
 ) -> Result<(Vm, Vm)> {
     let overlays = PairFiles {
@@ -386,13 +416,11 @@ async fn launch(
     c?;
     let pair = &base.manifest.pair;
     if opts.cold {
-        let (g, c) = lifecycle::start(
-            qemu,
-            pair.guest_spec(&overlays, &RamMode::Anonymous, sockets),
-            pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices),
-            opts.boot_timeout,
-        )
-        .await?;
+        let mut guest = pair.guest_spec(&overlays, &RamMode::Anonymous, sockets);
+        let mut controller = pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
+        let (g, c) = lifecycle::start(qemu, guest, controller, opts.boot_timeout).await?;
         let secrets = base.secrets()?;
         lifecycle::setup(
             sockets,
@@ -414,6 +442,8 @@ async fn launch(
         };
         let mut guest = pair.guest_spec(&overlays, &ram, sockets);
         let mut controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
         // The devices are the snapshot's; a fresh generation makes both kernels reseed.
         for spec in [&mut guest, &mut controller] {
             spec.generation_id = Some(generation(

@@ -68,13 +68,16 @@ impl QemuWatch {
                     {
                         continue;
                     }
-                    // Ours: the name guestbox gives each VM.
-                    let name = cmd
+                    // A VM: guestbox names each. (It also asks QEMU `--version` and
+                    // `-machine help`, which start no machine and run no guest code.)
+                    let Some(name) = cmd
                         .split(' ')
                         .skip_while(|a| *a != "-name")
                         .nth(1)
-                        .unwrap_or("?")
-                        .to_string();
+                        .map(str::to_string)
+                    else {
+                        continue;
+                    };
                     if let Some(status) = status_of(pid) {
                         s.lock().unwrap().insert(pid, (name, status));
                     }

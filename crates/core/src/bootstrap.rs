@@ -17,7 +17,7 @@ use crate::host::process::run_tool;
 use crate::host::{programs, Dirs};
 use crate::images::{self, kernel_append, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
-use crate::machine::confine::Policy;
+use crate::machine::confine::{self, Policy};
 use crate::machine::qemu::{self, QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
@@ -226,11 +226,15 @@ async fn build(
     let shares = lifecycle::idle_shares(sockets_dir.path())?;
     let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
     let mut controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
-    // Neither VM serves a host directory yet: as root, both become the QEMU user.
-    let confinement = Policy::for_host(&store.cache, qemu).await?.plain();
+    // Neither VM serves a host directory yet: as root, both become the QEMU user, and the
+    // guest's, which has no 9p device at all, sees an empty root.
+    let policy = Policy::for_host(&store.cache, qemu).await?;
+    guest_spec.confinement = policy
+        .plain()
+        .in_empty_root(&confine::empty_root(sockets_dir.path())?);
+    controller_spec.confinement = policy.plain();
     for spec in [&mut guest_spec, &mut controller_spec] {
         spec.generation_id = Some(generation(id, false));
-        spec.confinement = confinement;
     }
     let (guest, controller) =
         lifecycle::start(qemu, guest_spec, controller_spec, opts.timeout).await?;
@@ -293,13 +297,25 @@ async fn build(
     .sealed()?;
     let json = serde_json::to_vec_pretty(&manifest).ctx(|| "writing the manifest")?;
     fs::write(dir.join(store::MANIFEST), json).ctx(|| "writing the manifest")?;
-    seal(dir, !qemu::private_ram_can_be_readonly(qemu_version))?;
+    // QEMU before 8.2 opens even a private RAM file read-write (it never writes it): in a
+    // GUESTBOX_HOME shared by a group (its bases directory group-writable), the group's
+    // other users must be able to, or they cannot revive this base.
+    let ram_mode = (!qemu::private_ram_can_be_readonly(qemu_version)).then(|| {
+        let shared = fs::metadata(&store.bases).is_ok_and(|m| m.permissions().mode() & 0o020 != 0);
+        if shared {
+            0o664
+        } else {
+            0o644
+        }
+    });
+    seal(dir, ram_mode)?;
     step.done();
     Ok(())
 }
 
-/// Makes every base file read-only (but the RAM files where QEMU needs to open them RW).
-fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
+/// Makes every base file read-only (but the RAM files, `ram_mode`, where QEMU needs to
+/// open them RW).
+fn seal(dir: &Path, ram_mode: Option<u32>) -> Result<()> {
     for e in fs::read_dir(dir)
         .ctx(|| format!("reading {}", dir.display()))?
         .flatten()
@@ -307,8 +323,10 @@ fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
         let name = e.file_name().to_string_lossy().into_owned();
         let mode = if name == store::SECRETS {
             0o400
-        } else if ram_writable && (name == files::GUEST_RAM || name == files::CONTROLLER_RAM) {
-            0o644
+        } else if let Some(mode) =
+            ram_mode.filter(|_| name == files::GUEST_RAM || name == files::CONTROLLER_RAM)
+        {
+            mode
         } else {
             0o444
         };

@@ -8,7 +8,7 @@ use link::{markers, net, proto};
 
 use crate::host::Dirs;
 use crate::images::{kernel_append, Images};
-use crate::machine::confine::Policy;
+use crate::machine::confine::{self, Policy};
 use crate::machine::qemu::QemuFacts;
 use crate::machine::spec::{
     Accel, Boot, DiskFormat, Drive, DriveInterface, Memory, Nic, NicModel, Rtc, SerialPort, VmSpec,
@@ -68,7 +68,11 @@ pub async fn boot_to_ready(
         .await?
         .machine(qemu, "q35")?;
     let sockets = PairSockets::new(dir)?;
-    let confinement = Policy::for_host(&dirs.cache, qemu).await?.plain();
+    // No 9p device: as root, QEMU also sees an empty root.
+    let confinement = Policy::for_host(&dirs.cache, qemu)
+        .await?
+        .plain()
+        .in_empty_root(&confine::empty_root(dir)?);
     let spec = VmSpec {
         name: which.name().into(),
         accel,

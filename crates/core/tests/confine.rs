@@ -165,6 +165,22 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
     assert_eq!((gsec, gnnp, csec, cnnp), (2, 1, 2, 1), "not sandboxed");
     assert_eq!(guid, expected_guest_uid(), "guest QEMU's user");
     assert_eq!(cuid, owner.uid, "controller QEMU's user");
+    if running_as_root() {
+        // The guest's QEMU, which serves no share, is shut in an empty directory.
+        let root = std::fs::read_link(format!("/proc/{g}/root")).unwrap();
+        assert!(
+            root.ends_with("empty"),
+            "guest QEMU's root: {}",
+            root.display()
+        );
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        let root = std::fs::read_link(format!("/proc/{c}/root")).unwrap();
+        assert_eq!(
+            root,
+            Path::new("/"),
+            "the controller serves its shares by path"
+        );
+    }
     // Neither can reach the run directory by path: its disks and sockets were handed over.
     let run_dir = run_dir_of(g);
     assert_eq!(
@@ -209,4 +225,73 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
         assert_eq!(md.uid(), owner.uid, "{}", p.display());
     }
     assert!(!Path::new(&run_dir).exists(), "the run directory stayed");
+}
+
+/// swtpm, as a guestbox that starts it hands it its socket and log: under its seccomp
+/// profile, as root no longer root, and serving the socket QEMU connects to by path.
+#[tokio::test]
+async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
+    use guestbox::profile::windows::{Swtpm, SwtpmHandles};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let swtpm = guestbox::host::programs::find("swtpm").expect("swtpm (scripts/setup)");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("tpm");
+    std::fs::create_dir(&state).unwrap();
+    let policy = Policy::for_host(&common::dirs().cache, &common::qemu())
+        .await
+        .unwrap();
+    let runas = policy.user_name().map(str::to_string);
+    if let Some(user) = &runas {
+        guestbox::host::users::chown(&state, Ids::of_user(user).unwrap()).unwrap();
+    }
+    let socket = dir.path().join("swtpm.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let log = std::fs::File::create(dir.path().join("swtpm.log")).unwrap();
+    let t = Swtpm {
+        state_dir: state.clone(),
+        socket: socket.clone(),
+        log: dir.path().join("swtpm.log"),
+        pid_file: dir.path().join("swtpm.pid"),
+        handles: Some(SwtpmHandles {
+            ctrl_fd: listener.as_raw_fd(),
+            log_fd: log.as_raw_fd(),
+            runas: runas.clone(),
+        }),
+    };
+    let args = t.argv().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--seccomp", "action=kill"]));
+    let mut child = guestbox::host::process::Supervised::spawn_inheriting(
+        "swtpm",
+        &swtpm,
+        &args,
+        &dir.path().join("swtpm.stderr"),
+        &[listener.as_raw_fd(), log.as_raw_fd()],
+        None,
+    )
+    .unwrap();
+    // CMD_GET_CAPABILITY on the control channel: a 4-byte result (0: success) and the
+    // capability bits.
+    let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&[0, 0, 0, 1]).unwrap();
+    let mut answer = [0u8; 8];
+    c.read_exact(&mut answer).unwrap_or_else(|e| {
+        panic!(
+            "swtpm did not answer ({e}); its log: {}",
+            std::fs::read_to_string(dir.path().join("swtpm.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(&answer[..4], [0, 0, 0, 0], "swtpm answered {answer:?}");
+    let pid = child.pid().unwrap();
+    let (uid, seccomp, nnp) = status_of(pid);
+    assert_eq!((seccomp, nnp), (2, 1), "swtpm is not sandboxed");
+    match &runas {
+        Some(user) => assert_eq!(uid, Ids::of_user(user).unwrap().uid),
+        None => assert_eq!(uid, Ids::current().uid),
+    }
+    if running_as_root() {
+        assert_ne!(uid, 0);
+    }
+    child.kill().await;
 }

@@ -171,6 +171,17 @@ pub fn diagnose(host: &Host, unshare_said: &str) -> String {
     if host.apparmor_restrict == Some(1) {
         fixes.push("AppArmor restricts unprivileged user namespaces: `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile that allows `userns` for unshare)".to_string());
     }
+    // A range no line of either file uses yet.
+    let start = [&host.subuid, &host.subgid]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| {
+            let mut f = l.trim().split(':').skip(1);
+            Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+        })
+        .fold(100_000, u64::max);
+    let range = format!("{start}-{}", start + IDS_NEEDED - 1);
     for (file, text, flag) in [
         ("/etc/subuid", &host.subuid, "--add-subuids"),
         ("/etc/subgid", &host.subgid, "--add-subgids"),
@@ -181,7 +192,7 @@ pub fn diagnose(host: &Host, unshare_said: &str) -> String {
         if have < IDS_NEEDED {
             fixes.push(format!(
                 "{file} gives {user} {have} subordinate ids, {IDS_NEEDED} are needed: \
-                 `sudo usermod {flag} 100000-165535 {user}` (pick a range no other line of {file} uses)",
+                 `sudo usermod {flag} {range} {user}` (scripts/setup does this)",
                 user = host.user
             ));
         }
@@ -269,8 +280,9 @@ mod tests {
             "user.max_user_namespaces",
             "kernel.unprivileged_userns_clone=1",
             "kernel.apparmor_restrict_unprivileged_userns=0",
-            "usermod --add-subuids 100000-165535 carol",
-            "usermod --add-subgids 100000-165535 carol",
+            // After alice's range.
+            "usermod --add-subuids 165536-231071 carol",
+            "usermod --add-subgids 165536-231071 carol",
             "uid_map",
         ] {
             assert!(text.contains(want), "{want}: {text}");

@@ -89,7 +89,7 @@ pub async fn resolve(
     let confinement = super::confine::Policy::for_host(&dirs.cache, qemu)
         .await?
         .plain();
-    let verdict = match probe(qemu, kernel, initrd, &dirs.cache, confinement).await {
+    let verdict = match probe(qemu, kernel, initrd, &dirs.cache, &confinement).await {
         Ok(()) => Verdict {
             key,
             kvm_works: true,
@@ -134,12 +134,15 @@ async fn probe(
     kernel: &Path,
     initrd: &Path,
     scratch: &Path,
-    confinement: super::confine::Confinement,
+    confinement: &super::confine::Confinement,
 ) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("kvm-probe-")
         .tempdir_in(scratch)
         .ctx(|| format!("creating a probe directory in {}", scratch.display()))?;
+    let confinement = confinement
+        .clone()
+        .in_empty_root(&super::confine::empty_root(dir.path())?);
     let short = ShortDir::open(dir.path())?;
     let spec = VmSpec {
         name: "kvm-probe".into(),

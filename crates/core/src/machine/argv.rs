@@ -349,6 +349,7 @@ mod tests {
             run_as: Some(super::super::confine::RunAs {
                 ids: crate::host::users::Ids { uid: 990, gid: 991 },
                 option: super::super::confine::DropOption::Runas,
+                chroot: None,
             }),
             off: false,
         };

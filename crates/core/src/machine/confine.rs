@@ -57,16 +57,30 @@ impl DropOption {
     }
 }
 
+/// Makes `parent/empty`, the directory a QEMU without shares is shut in as root.
+pub fn empty_root(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join("empty");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+        context: format!("creating {}", dir.display()),
+        source: e,
+    })?;
+    Ok(dir)
+}
+
 /// The user a QEMU becomes once it has opened its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunAs {
     pub ids: Ids,
     pub option: DropOption,
+    /// An empty directory QEMU makes its root first (`-chroot`, `-run-with chroot=`), so
+    /// that it sees nothing of the host's files at all: only for a VM that serves no 9p
+    /// share (QEMU's 9p server still reaches its export by path when it is mounted).
+    pub chroot: Option<PathBuf>,
 }
 
 /// How one QEMU is confined. The default (no [`RunAs`]) is the full sandbox, QEMU keeping
 /// the user it was started as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Confinement {
     pub run_as: Option<RunAs>,
     /// For measurements only (`guestbox bench`): no sandbox and no user change.
@@ -81,14 +95,30 @@ impl Confinement {
             return vec![];
         }
         let mut a = vec!["-sandbox".to_string()];
-        match self.run_as {
+        match &self.run_as {
             None => a.push(SANDBOX.into()),
             Some(r) => {
                 a.push(SANDBOX_CHANGING_USER.into());
+                // A chroot path with a comma cannot be written for -run-with (it is not an
+                // option value QEMU unescapes); such a directory is simply not used.
+                let chroot = r
+                    .chroot
+                    .as_ref()
+                    .and_then(|d| d.to_str())
+                    .filter(|d| !d.contains(','));
                 match r.option {
-                    DropOption::Runas => a.extend(["-runas".into(), r.ids.qemu_form()]),
+                    DropOption::Runas => {
+                        a.extend(["-runas".into(), r.ids.qemu_form()]);
+                        if let Some(d) = chroot {
+                            a.extend(["-chroot".into(), d.to_string()]);
+                        }
+                    }
                     DropOption::RunWith => {
-                        a.extend(["-run-with".into(), format!("user={}", r.ids.qemu_form())])
+                        let mut v = format!("user={}", r.ids.qemu_form());
+                        if let Some(d) = chroot {
+                            v.push_str(&format!(",chroot={d}"));
+                        }
+                        a.extend(["-run-with".into(), v]);
                     }
                 }
             }
@@ -96,10 +126,19 @@ impl Confinement {
         a
     }
 
+    /// As root, QEMU also makes the empty directory `dir` its root once it has started
+    /// (see [`RunAs::chroot`]); nothing changes otherwise.
+    pub fn in_empty_root(mut self, dir: &Path) -> Self {
+        if let Some(r) = &mut self.run_as {
+            r.chroot = Some(dir.to_path_buf());
+        }
+        self
+    }
+
     /// Who must own what this QEMU writes by path after it has changed user (its disk
     /// overlays, a share's scratch directory): None if it stays who guestbox is.
     pub fn writer(&self) -> Option<Ids> {
-        self.run_as.map(|r| r.ids)
+        self.run_as.as_ref().map(|r| r.ids)
     }
 
     /// Gives `paths` (files guestbox made for this QEMU to write) to the user it becomes.
@@ -175,7 +214,11 @@ impl Policy {
     /// check. As root: the QEMU user.
     pub fn plain(&self) -> Confinement {
         Confinement {
-            run_as: self.drop.map(|(ids, option)| RunAs { ids, option }),
+            run_as: self.drop.map(|(ids, option)| RunAs {
+                ids,
+                option,
+                chroot: None,
+            }),
             off: false,
         }
     }
@@ -210,6 +253,7 @@ impl Policy {
                 run_as: Some(RunAs {
                     ids: Ids { uid, gid },
                     option,
+                    chroot: None,
                 }),
                 off: false,
             },
@@ -265,6 +309,20 @@ mod tests {
                 "-run-with",
                 "user=990:990"
             ]
+        );
+        let empty = Path::new("/r/empty");
+        assert_eq!(
+            policy_root((7, 2, 0)).plain().in_empty_root(empty).argv()[4..],
+            ["-chroot", "/r/empty"]
+        );
+        assert_eq!(
+            policy_root((10, 0, 0)).plain().in_empty_root(empty).argv()[3],
+            "user=990:990,chroot=/r/empty"
+        );
+        // Without root there is no chroot (nor could there be).
+        assert_eq!(
+            Policy::unprivileged().plain().in_empty_root(empty),
+            Confinement::default()
         );
         let off = Confinement {
             off: true,

@@ -27,7 +27,7 @@ pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
 use crate::host::{fs::random_hex, programs};
-use crate::machine::confine::{Confinement, Policy};
+use crate::machine::confine::{self, Confinement, Policy};
 use crate::machine::{overlay, qemu, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
@@ -163,9 +163,13 @@ impl Session {
                 off: true,
                 ..Confinement::default()
             };
-            (off, off)
+            (off.clone(), off)
         } else {
-            (policy.plain(), policy.serving(&served)?)
+            let empty = confine::empty_root(run_dir.path())?;
+            (
+                policy.plain().in_empty_root(&empty),
+                policy.serving(&served)?,
+            )
         };
         let xchg = match &opts.xchg {
             Some(dir) => dir.clone(),

@@ -323,10 +323,8 @@ fn seal(dir: &Path, ram_mode: Option<u32>) -> Result<()> {
         let name = e.file_name().to_string_lossy().into_owned();
         let mode = if name == store::SECRETS {
             0o400
-        } else if let Some(mode) =
-            ram_mode.filter(|_| name == files::GUEST_RAM || name == files::CONTROLLER_RAM)
-        {
-            mode
+        } else if name == files::GUEST_RAM || name == files::CONTROLLER_RAM {
+            ram_mode.unwrap_or(0o444)
         } else {
             0o444
         };

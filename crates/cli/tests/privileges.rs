@@ -420,3 +420,107 @@ fn every_qemu_of_boot_bootstrap_and_run_is_sandboxed_and_as_root_not_root() {
     let o = guestbox().args(["rm", "confined"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
 }
+
+/// Whether anything under `dir` (as far as `uid` can see) belongs to another user.
+fn owned_by_another(dir: &Path, uid: u32) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.uid() != uid {
+            return true;
+        }
+        if md.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    false
+}
+
+/// A user's image build SIGKILLed while apt and dpkg work in its user namespace: nothing
+/// it started survives, and `gc`, run by the same user, removes the half-built tree (which
+/// holds files of the user's subordinate ids).
+#[test]
+fn sigkill_during_a_rootless_image_build_leaves_no_process_and_gc_removes_the_tree() {
+    let who = unprivileged();
+    let top = reachable_dir("guestbox-rootless-kill-test");
+    clean(&top);
+    let (home, bin) = (top.join("home"), top.join("bin"));
+    for d in [&home, &bin] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_guestbox"), bin.join("guestbox")).unwrap();
+    let bin = bin.join("guestbox");
+    if Ids::current().is_root() {
+        for p in [&top, &home] {
+            guestbox::host::users::chown(p, who).unwrap();
+        }
+    }
+    let mut child = guestbox_as(who, &home, &bin)
+        .arg("images")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // apt or dpkg at work: mmdebstrap's children, below unshare and mmdebstrap.
+    let images = home.join("cache/images");
+    let started = Instant::now();
+    let tree = loop {
+        let build = std::fs::read_dir(&images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+            });
+        let working = descendants(child.id() as i32)
+            .iter()
+            .any(|p| live_cmdline(*p).is_some_and(|c| c.contains("apt-get") || c.contains("dpkg")));
+        // ... and a file of a subordinate id in the tree (apt's _apt owns its downloads).
+        if let (Some(b), true) = (build, working) {
+            if owned_by_another(&b, who.uid) {
+                break b;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no image build started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let below = descendants(child.id() as i32);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let alive = || -> Vec<i32> {
+        below
+            .iter()
+            .copied()
+            .filter(|p| live_cmdline(*p).is_some())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        alive().is_empty(),
+        "processes {:?} outlived a SIGKILLed guestbox",
+        alive()
+    );
+    assert!(tree.exists(), "{} should be left to gc", tree.display());
+    let o = guestbox_as(who, &home, &bin).arg("gc").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(!tree.exists(), "gc left {}", tree.display());
+    clean(&top);
+}

@@ -268,6 +268,7 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
         &dir.path().join("swtpm.stderr"),
         &[listener.as_raw_fd(), log.as_raw_fd()],
         None,
+        runas.is_some(),
     )
     .unwrap();
     // CMD_GET_CAPABILITY on the control channel: a 4-byte result (0: success) and the

@@ -34,6 +34,49 @@ pub fn supervise(cmd: &mut std::process::Command) {
     }
 }
 
+/// Runs in a child between fork and exec when the program will change its own user:
+/// the kernel clears PR_SET_PDEATHSIG then, so nothing would kill it if guestbox were
+/// SIGKILLed. So the child forks a keeper first, which stays root (the program changes only
+/// its own ids), dies with the program (its own PDEATHSIG, towards the program), and
+/// SIGKILLs the program when guestbox exits (a pidfd of guestbox becomes readable). The
+/// keeper closes every other descriptor, or it would hold other children's pipes and
+/// sockets open. Only async-signal-safe system calls.
+fn keep_with_guestbox(guestbox: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: fork, prctl, getppid, syscall, poll, kill and _exit are async-signal-safe;
+    // the keeper never returns into Rust code that could allocate.
+    unsafe {
+        let program = libc::getpid();
+        match libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != program {
+                    libc::_exit(0);
+                }
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, guestbox, 0) as libc::c_int;
+                if pidfd < 0 {
+                    // guestbox is already gone.
+                    libc::kill(program, libc::SIGKILL);
+                    libc::_exit(0);
+                }
+                if pidfd > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, (pidfd - 1) as u32, 0u32);
+                }
+                libc::syscall(libc::SYS_close_range, (pidfd + 1) as u32, u32::MAX, 0u32);
+                let mut p = libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                while libc::poll(&mut p, 1, -1) < 0 {}
+                libc::kill(program, libc::SIGKILL);
+                libc::_exit(0)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A running child in its own process group; the whole group is SIGKILLed on drop.
 #[derive(Debug)]
 pub struct Supervised {
@@ -66,11 +109,13 @@ impl Supervised {
         cwd: Option<&Path>,
     ) -> Result<Self> {
         let fds: Vec<std::os::fd::RawFd> = inherit.into_iter().collect();
-        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd)
+        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd, false)
     }
 
     /// Like [`Self::spawn`], and the child keeps each descriptor of `inherit` at the same
-    /// number and starts in `cwd`.
+    /// number and starts in `cwd`. `changes_user`: the program leaves root by itself
+    /// (QEMU's `-runas`), which clears its PR_SET_PDEATHSIG; a keeper then kills it when
+    /// guestbox dies (see [`keep_with_guestbox`]).
     pub fn spawn_inheriting(
         name: &str,
         program: &Path,
@@ -78,6 +123,7 @@ impl Supervised {
         stderr_path: &Path,
         inherit: &[std::os::fd::RawFd],
         cwd: Option<&Path>,
+        changes_user: bool,
     ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
@@ -104,6 +150,13 @@ impl Supervised {
                     }
                     Ok(())
                 });
+            }
+        }
+        if changes_user {
+            let guestbox = std::process::id() as libc::pid_t;
+            // SAFETY: keep_with_guestbox makes only async-signal-safe calls.
+            unsafe {
+                std_cmd.pre_exec(move || keep_with_guestbox(guestbox));
             }
         }
         let mut cmd = Command::from(std_cmd);

@@ -30,8 +30,16 @@ impl Vm {
         for o in &opened {
             inherit.extend([o.read_write.fd(), o.read_only.fd()]);
         }
-        let process =
-            Supervised::spawn_inheriting(&spec.name, qemu, &argv, &stderr, &inherit, None)?;
+        let changes_user = spec.confinement.run_as.is_some() && !spec.confinement.off;
+        let process = Supervised::spawn_inheriting(
+            &spec.name,
+            qemu,
+            &argv,
+            &stderr,
+            &inherit,
+            None,
+            changes_user,
+        )?;
         // QEMU has its copies now.
         drop(opened);
         Ok(Self {

@@ -118,6 +118,34 @@ async fn revive_many_as(
     Ok(Revived { wall, memory, cpu })
 }
 
+/// Medians of revives confined ([0]) and not ([1]): wall time and CPU per pair.
+struct Cost {
+    wall: [f64; 2],
+    cpu: [f64; 2],
+}
+
+/// Revives `base` `rounds` times confined and `rounds` times not, the order alternating
+/// from round to round: one kind always right after the other would pay for it (the
+/// other's teardown, caches) and load drifts alike over both.
+async fn confinement_cost(dirs: &Dirs, base: &Base, rounds: usize) -> Result<Cost> {
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for kind in order {
+            let r = revive_many_as(dirs, base, 1, kind == 1).await?;
+            wall[kind].push(secs(r.wall));
+            cpu[kind].push(r.cpu.iter().sum::<f64>());
+        }
+    }
+    let [w0, w1] = wall;
+    let [c0, c1] = cpu;
+    Ok(Cost {
+        wall: [median(w0), median(w1)],
+        cpu: [median(c0), median(c1)],
+    })
+}
+
 /// Seconds `guestbox run --base ID -- true` takes as a separate process: what a user sees,
 /// with process start, argument parsing and the store lookup.
 async fn run_binary(id: &str) -> Result<f64> {
@@ -253,16 +281,10 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         opts.small_mib, opts.big_mib
     ));
     let mut rev_small = Vec::new();
-    let mut rev_unconfined = Vec::new();
-    let mut cpu_unconfined = Vec::new();
     let mut rev_big = Vec::new();
     let mut private_small = Vec::new();
     let mut cpu1 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
-        // Each confined revive next to an unconfined one, so that load drifts alike.
-        let u = revive_many_as(dirs, &small, 1, true).await?;
-        rev_unconfined.push(secs(u.wall));
-        cpu_unconfined.push(u.cpu.iter().sum::<f64>());
         let r = revive_many(dirs, &small, 1).await?;
         rev_small.push(secs(r.wall));
         private_small.extend(r.memory);
@@ -271,6 +293,12 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         }
         rev_big.push(secs(revive_many(dirs, &big, 1).await?.wall));
     }
+    step.done();
+    let rounds = 4 * n;
+    let step = progress.step(format!(
+        "what confinement costs: {rounds} revives with it and {rounds} without, alternating"
+    ));
+    let cost = confinement_cost(dirs, &small, rounds).await?;
     step.done();
     let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
@@ -321,13 +349,6 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     }
     step.done();
 
-    let unconfined = median(rev_unconfined);
-    let cpu_confined = median(
-        (0..cpu1[0].len())
-            .map(|i| cpu1[0][i] + cpu1[1][i] + cpu1[2][i])
-            .collect(),
-    );
-    let cpu_unconfined = median(cpu_unconfined);
     let (rs, rb, p4, cr) = (
         median(rev_small),
         median(rev_big),
@@ -343,10 +364,13 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     row(
         "  confinement (seccomp, no root), per revive",
         format!(
-            "{:+.1} ms wall ({:.3} s unconfined), {:+.1} ms CPU",
-            (rs - unconfined) * 1e3,
-            unconfined,
-            (cpu_confined - cpu_unconfined) * 1e3
+            "{:+.1} ms wall ({:.3} vs {:.3} s), {:+.1} ms CPU ({:.3} vs {:.3} CPU-s)",
+            (cost.wall[0] - cost.wall[1]) * 1e3,
+            cost.wall[0],
+            cost.wall[1],
+            (cost.cpu[0] - cost.cpu[1]) * 1e3,
+            cost.cpu[0],
+            cost.cpu[1],
         ),
         "a few ms",
     );

@@ -160,9 +160,21 @@ struct Revived {
 }
 
 async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> {
+    revive_many_as(dirs, base, count, false).await
+}
+
+/// [`revive_many`], `unconfined`: without the QEMUs' sandbox and user change (to measure
+/// what they cost).
+async fn revive_many_as(
+    dirs: &Dirs,
+    base: &Base,
+    count: usize,
+    unconfined: bool,
+) -> Result<Revived> {
     let store = Store::new(dirs);
     let opts = SessionOptions {
         boot_timeout: Duration::from_secs(60),
+        unconfined,
         ..SessionOptions::default()
     };
     let ours = own_cpu();
@@ -188,6 +200,34 @@ async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> 
         s.discard().await;
     }
     Ok(Revived { wall, memory, cpu })
+}
+
+/// Medians of revives confined ([0]) and not ([1]): wall time and CPU per pair.
+struct Cost {
+    wall: [f64; 2],
+    cpu: [f64; 2],
+}
+
+/// Revives `base` `rounds` times confined and `rounds` times not, the order alternating
+/// from round to round: one kind always right after the other would pay for it (the
+/// other's teardown, caches) and load drifts alike over both.
+async fn confinement_cost(dirs: &Dirs, base: &Base, rounds: usize) -> Result<Cost> {
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for kind in order {
+            let r = revive_many_as(dirs, base, 1, kind == 1).await?;
+            wall[kind].push(secs(r.wall));
+            cpu[kind].push(r.cpu.iter().sum::<f64>());
+        }
+    }
+    let [w0, w1] = wall;
+    let [c0, c1] = cpu;
+    Ok(Cost {
+        wall: [median(w0), median(w1)],
+        cpu: [median(c0), median(c1)],
+    })
 }
 
 /// Seconds `guestbox run --base ID -- true` takes as a separate process: what a user sees,
@@ -446,6 +486,14 @@ async fn revive_rows(
         }
         rev_big.push(secs(revive_many(dirs, &big, 1).await?.wall));
     }
+    step.done();
+    let rounds = 4 * n;
+    let step = progress.step(format!(
+        "what confinement costs: {rounds} revives with it and {rounds} without, alternating"
+    ));
+    let cost = confinement_cost(dirs, small, rounds).await?;
+    step.done();
+    let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
     let mut private4 = Vec::new();
     let mut cpu4 = [Vec::new(), Vec::new(), Vec::new()];
@@ -497,6 +545,20 @@ async fn revive_rows(
             "<= 2 (cores)",
         ),
     ];
+    rows.push(Row::text(
+        "confinement_cost",
+        "  confinement (seccomp, no root), per revive",
+        format!(
+            "{:+.1} ms wall ({:.3} vs {:.3} s), {:+.1} ms CPU ({:.3} vs {:.3} CPU-s)",
+            (cost.wall[0] - cost.wall[1]) * 1e3,
+            cost.wall[0],
+            cost.wall[1],
+            (cost.cpu[0] - cost.cpu[1]) * 1e3,
+            cost.cpu[0],
+            cost.cpu[1],
+        ),
+        "a few ms",
+    ));
     // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how
     // many revives fit in the time of one.
     let cpu_split = |cpu: [Vec<f64>; 3]| {

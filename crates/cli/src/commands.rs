@@ -267,6 +267,7 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
             cold: job.cold,
             boot_timeout: Duration::from_secs(600),
             replay_snapshot_randomness: job.replay_snapshot_randomness,
+            unconfined: false,
         },
         command: JobCommand {
             argv,

@@ -616,6 +616,7 @@ async fn supervise(args: SuperviseArgs) -> guestbox::Result<i32> {
         cold: false,
         boot_timeout: Duration::from_secs(600),
         replay_snapshot_randomness: false,
+        unconfined: false,
     };
     let mut session = Session::revive(&store, &base, &opts).await?;
     let short = ShortDir::open(&args.job_dir)?;

@@ -82,6 +82,7 @@ pub async fn nix_builder() -> Result<i32> {
             cold: false,
             boot_timeout: Duration::from_secs(600),
             replay_snapshot_randomness: false,
+            unconfined: false,
         },
         command: JobCommand {
             argv: vec!["sh".into(), "-ec".into(), script],

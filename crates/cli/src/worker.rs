@@ -72,6 +72,7 @@ impl GuestboxExecutor {
             cold: false,
             boot_timeout: self.boot_timeout,
             replay_snapshot_randomness: false,
+            unconfined: false,
         };
         // A cancelled revive is dropped: what it started so far (QEMU, the run directory)
         // goes with it.

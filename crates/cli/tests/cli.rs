@@ -1,7 +1,7 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text};
+use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text, Tmux};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1125,57 +1125,6 @@ fn windows_emit_gives_identical_floppy_and_iso_for_the_same_inputs() {
             std::fs::read(a.join("floppy.img")).unwrap()
                 != std::fs::read(c.join("floppy.img")).unwrap()
         );
-    }
-}
-
-/// A tmux server of this test's own, on a private socket, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(name: &str) -> Tmux {
-        Tmux {
-            socket: format!("guestbox-test-{name}-{}", std::process::id()),
-        }
-    }
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux (scripts/setup --with-tests installs it)")
-    }
-    /// The visible screen, one string per line, trailing blanks trimmed.
-    fn screen(&self) -> Vec<String> {
-        let o = self.cmd(&["capture-pane", "-p", "-t", "t"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| l.trim_end().to_string())
-            .collect()
-    }
-    /// Waits until a line of the screen satisfies `found`; returns the screen.
-    fn wait_for(&self, what: &str, found: impl Fn(&str) -> bool) -> Vec<String> {
-        let started = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.iter().any(|l| found(l)) {
-                return screen;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "no {what} on the screen:\n{}",
-                screen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
     }
 }
 

@@ -16,7 +16,8 @@ use crate::host::process::run_tool;
 use crate::host::{programs, Dirs};
 use crate::images::{self, kernel_append, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
-use crate::machine::qemu::{self, QemuFacts, Version};
+use crate::machine::confine::{self, Policy};
+use crate::machine::qemu::{QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::Profile;
@@ -226,7 +227,14 @@ async fn build(
     };
     let shares = lifecycle::idle_shares(sockets_dir.path())?;
     let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
-    let controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+    let mut controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+    // Neither VM serves a host directory yet: as root, both become the QEMU user, and the
+    // guest's, which has no 9p device at all, sees an empty root.
+    let policy = Policy::for_host(&store.cache, qemu).await?;
+    guest_spec.confinement = policy
+        .plain()
+        .in_empty_root(&confine::empty_root(sockets_dir.path())?);
+    controller_spec.confinement = policy.plain();
     // Only the guest gets a VM Generation ID: the job's randomness is the guest's. (The
     // controller's kernel would reseed too, but its notification costs a revived TCG
     // controller ~0.1 CPU-s of ACPI interpretation per run, and nothing of a job draws on
@@ -294,7 +302,7 @@ async fn build(
     .sealed()?;
     let json = serde_json::to_vec_pretty(&manifest).ctx(|| "writing the manifest")?;
     fs::write(dir.join(store::MANIFEST), json).ctx(|| "writing the manifest")?;
-    store::import::seal(dir, !qemu::private_ram_can_be_readonly(qemu_version))?;
+    store::import::seal(dir, store::import::ram_mode(store, qemu_version))?;
     step.done();
     Ok(())
 }

@@ -84,6 +84,8 @@ fn guest_spec(dir: &std::path::Path, init: &str, disk: std::path::PathBuf) -> Vm
         generation_id: None,
         incoming: false,
         inherit: None,
+        // The full sandbox, QEMU staying who the test is.
+        confinement: Default::default(),
     }
 }
 

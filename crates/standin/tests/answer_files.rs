@@ -82,7 +82,7 @@ fn guestbox_answer_files_pass_and_say_what_they_configure() {
         // The answer file names the guest's interface by the link's one guest MAC.
         let mac = format!(
             "\"mac\": \"{}\"",
-            guestbox_link::net::mac_string(guestbox_link::net::GUEST_MAC, ':')
+            link::net::mac_string(link::net::GUEST_MAC, ':')
         );
         for want in [
             "\"computer_name\": \"BUILDER-7\"",

@@ -146,3 +146,101 @@ pub fn base_id(name: &str) -> String {
         .unwrap_or_else(|| panic!("ls lists no base named {name}: {}", text(&o).0));
     row["id"].as_str().unwrap().to_string()
 }
+
+/// A tmux server of this test's own, on a private socket, killed when dropped.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    pub fn new(name: &str) -> Tmux {
+        Tmux {
+            socket: format!("guestbox-test-{name}-{}", std::process::id()),
+        }
+    }
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux (scripts/setup --with-tests installs it)")
+    }
+    /// The visible screen, one string per line, trailing blanks trimmed.
+    pub fn screen(&self) -> Vec<String> {
+        let o = self.cmd(&["capture-pane", "-p", "-t", "t"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+    /// Waits until a line of the screen satisfies `found`; returns the screen.
+    pub fn wait_for(&self, what: &str, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.iter().any(|l| found(l)) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no {what} on the screen:\n{}",
+                screen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// A user that is neither root nor the QEMU user, with subordinate ids (so it can build
+/// images without root): made on first use, as `scripts/setup` would for a person. Only
+/// root can make it; tests that need another user run as root (CI does).
+pub fn test_user() -> guestbox::host::users::Ids {
+    ensure_user(TEST_USER)
+}
+
+pub const TEST_USER: &str = "guestbox-test";
+
+pub fn ensure_user(name: &str) -> guestbox::host::users::Ids {
+    use guestbox::host::userns::{subordinate_ids, IDS_NEEDED};
+    use guestbox::host::users::Ids;
+    assert!(
+        Ids::current().is_root(),
+        "only root can make the test user {name}"
+    );
+    if Ids::of_user(name).is_none() {
+        // A parallel test may make it at the same moment: the second useradd fails.
+        let _ = std::process::Command::new("useradd")
+            .args(["--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", "--user-group", name])
+            .status();
+    }
+    let ids = Ids::of_user(name).unwrap_or_else(|| panic!("useradd {name} failed"));
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    if subordinate_ids(&read("/etc/subuid"), name, ids.uid) < IDS_NEEDED
+        || subordinate_ids(&read("/etc/subgid"), name, ids.uid) < IDS_NEEDED
+    {
+        // After every range either file gives out, as scripts/setup picks one.
+        let start = [read("/etc/subuid"), read("/etc/subgid")]
+            .iter()
+            .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+            })
+            .fold(100_000u64, u64::max);
+        let range = format!("{start}-{}", start + IDS_NEEDED - 1);
+        let ok = std::process::Command::new("usermod")
+            .args(["--add-subuids", &range, "--add-subgids", &range, name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "usermod --add-subuids {range} {name} failed");
+    }
+    ids
+}

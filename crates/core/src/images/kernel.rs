@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{ArtifactCache, Key};
 use super::debian::{mmdebstrap, Variant};
 use super::{DebianSource, Provenance};
+use crate::host::userns::remove_tree;
 use crate::progress::Progress;
 use crate::{Error, IoContext, Result};
 
@@ -255,7 +256,7 @@ pub async fn ensure(
                 let packages: Vec<String> = inputs.packages.iter().map(|s| s.to_string()).collect();
                 mmdebstrap(source, Variant::Extract, &packages, &tree, &step).await?;
                 assemble(&tree, &out, &inputs.modules)?;
-                fs::remove_dir_all(&tree).ctx(|| format!("removing {}", tree.display()))?;
+                remove_tree(&tree).ctx(|| format!("removing {}", tree.display()))?;
                 step.done();
                 Ok(())
             }

@@ -86,7 +86,10 @@ pub async fn resolve(
         }
     }
     let step = progress.step("checking whether KVM can run guests");
-    let verdict = match probe(qemu, kernel, initrd, &dirs.cache).await {
+    let confinement = super::confine::Policy::for_host(&dirs.cache, qemu)
+        .await?
+        .plain();
+    let verdict = match probe(qemu, kernel, initrd, &dirs.cache, &confinement).await {
         Ok(()) => Verdict {
             key,
             kvm_works: true,
@@ -160,11 +163,20 @@ fn kvm_device_usable() -> std::result::Result<(), String> {
 }
 
 /// Boots the kernel under KVM with `guestbox.probe` and waits for its marker.
-async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Result<()> {
+async fn probe(
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    scratch: &Path,
+    confinement: &super::confine::Confinement,
+) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("kvm-probe-")
         .tempdir_in(scratch)
         .ctx(|| format!("creating a probe directory in {}", scratch.display()))?;
+    let confinement = confinement
+        .clone()
+        .in_empty_root(&super::confine::empty_root(dir.path())?);
     let short = ShortDir::open(dir.path())?;
     let spec = VmSpec {
         name: "kvm-probe".into(),
@@ -189,6 +201,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         generation_id: None,
         incoming: false,
         inherit: Some(short.clone()),
+        confinement,
     };
     let mut vm = Vm::start(qemu, spec)?;
     let result = vm.wait_for_console(markers::PROBE_OK, PROBE_TIMEOUT).await;

@@ -18,8 +18,14 @@ pub fn value(path: &Path) -> Result<String> {
 }
 
 impl VmSpec {
-    /// The QEMU command line, without the program name.
+    /// The QEMU command line, without the program name, every drive by its path.
     pub fn argv(&self) -> Result<Vec<String>> {
+        self.argv_opened(&[])
+    }
+
+    /// The QEMU command line, the drives in `opened` by the descriptors given (which QEMU
+    /// must inherit), the others by path.
+    pub fn argv_opened(&self, opened: &[OpenedDrive]) -> Result<Vec<String>> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |flag: &str, val: String| {
             a.push(flag.to_string());
@@ -101,6 +107,17 @@ impl VmSpec {
         };
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
+            let file = match opened.iter().find(|o| o.drive == i) {
+                Some(o) => {
+                    // Set numbers start at 1 (0 is allowed, but reads like "none").
+                    let set = i + 1;
+                    for fd in [&o.read_write, &o.read_only] {
+                        push("-add-fd", format!("fd={},set={set}", fd.fd()));
+                    }
+                    format!("/dev/fdset/{set}")
+                }
+                None => value(&d.path)?,
+            };
             let fmt = match d.format {
                 DiskFormat::Qcow2 => "qcow2",
                 DiskFormat::Raw => "raw",
@@ -108,18 +125,14 @@ impl VmSpec {
             let ro = if d.readonly { ",read-only=on" } else { "" };
             match d.interface {
                 DriveInterface::Floppy => {
-                    push(
-                        "-drive",
-                        format!("file={},if=floppy,format={fmt}{ro}", value(&d.path)?),
-                    );
+                    push("-drive", format!("file={file},if=floppy,format={fmt}{ro}"));
                     continue;
                 }
                 DriveInterface::CdRom => {
                     push(
                         "-drive",
                         format!(
-                            "file={},if=none,id={id},format={fmt},media=cdrom,read-only=on",
-                            value(&d.path)?
+                            "file={file},if=none,id={id},format={fmt},media=cdrom,read-only=on"
                         ),
                     );
                 }
@@ -129,8 +142,7 @@ impl VmSpec {
                 _ => push(
                     "-drive",
                     format!(
-                        "file={},if=none,id={id},format={fmt}{ro},werror=report,rerror=report",
-                        value(&d.path)?
+                        "file={file},if=none,id={id},format={fmt}{ro},werror=report,rerror=report"
                     ),
                 ),
             }
@@ -163,6 +175,11 @@ impl VmSpec {
                         value(remote)?
                     ),
                 ),
+                // A connected socket: QEMU send()s to its peer (no remote address).
+                Link::Socket { socket } => push(
+                    "-netdev",
+                    format!("dgram,id={id},local.type=fd,local.str={}", socket.fd()),
+                ),
             }
             let model = match n.model {
                 NicModel::VirtioNet => "virtio-net-pci",
@@ -194,6 +211,10 @@ impl VmSpec {
                 );
             }
         }
+        // security_model=none: QEMU creates files as its own user with the guest's mode
+        // bits and ignores failed chowns; which user that is, is decided in one place,
+        // `confine::Policy::serving`. (passthrough would need root to chown; mapped-xattr
+        // keeps every file 0600 on the host.)
         for (i, s) in self.shares.iter().enumerate() {
             let ro = if s.readonly { ",readonly=on" } else { "" };
             push(
@@ -227,6 +248,7 @@ impl VmSpec {
         if self.incoming {
             push("-incoming", "defer".to_string());
         }
+        a.extend(self.confinement.argv());
         Ok(a)
     }
 }
@@ -271,6 +293,7 @@ mod tests {
             generation_id: None,
             incoming: false,
             inherit: None,
+            confinement: Confinement::default(),
         }
     }
 
@@ -300,10 +323,63 @@ mod tests {
         );
         assert!(argv.contains(&"-nodefaults".to_string()));
         assert!(!argv.contains(&"-incoming".to_string()));
+        // Every QEMU is sandboxed, and nothing asks for a process to be started.
+        assert_eq!(
+            after(&argv, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
+        assert!(!argv.iter().any(|a| a.contains("exec:")));
         // Never a user-mode or tap network.
         assert!(!argv
             .iter()
             .any(|a| a.contains("user") && a.starts_with("user")));
+    }
+
+    #[test]
+    fn a_link_by_descriptor_and_a_qemu_that_changes_user() {
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = std::os::fd::OwnedFd::from(a);
+        let mut s = spec();
+        s.nics[0].link = Link::Socket {
+            socket: Descriptor::new(fd),
+        };
+        let n = s.inherited_fds();
+        assert_eq!(n.len(), 1);
+        s.confinement = Confinement {
+            run_as: Some(super::super::confine::RunAs {
+                ids: crate::host::users::Ids { uid: 990, gid: 991 },
+                option: super::super::confine::DropOption::Runas,
+                chroot: None,
+            }),
+            off: false,
+        };
+        let argv = s.argv().unwrap();
+        assert_eq!(
+            after(&argv, "-netdev"),
+            [format!("dgram,id=net0,local.type=fd,local.str={}", n[0])]
+        );
+        assert_eq!(after(&argv, "-runas"), ["990:991"]);
+        // A disk by its descriptors: QEMU reopens it without a path.
+        let (rw, ro) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let opened = OpenedDrive {
+            drive: 0,
+            read_write: Descriptor::new(rw.into()),
+            read_only: Descriptor::new(ro.into()),
+        };
+        let (a, b) = (opened.read_write.fd(), opened.read_only.fd());
+        let argv = s.argv_opened(&[opened]).unwrap();
+        assert_eq!(
+            after(&argv, "-add-fd"),
+            [format!("fd={a},set=1"), format!("fd={b},set=1")]
+        );
+        assert_eq!(
+            after(&argv, "-drive"),
+            ["file=/dev/fdset/1,if=none,id=drive0,format=qcow2,werror=report,rerror=report"]
+        );
+        assert_eq!(
+            after(&argv, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]

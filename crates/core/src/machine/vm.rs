@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::spec::{Descriptor, DriveInterface, OpenedDrive};
 use super::VmSpec;
 use crate::host::process::{tail_of_file, Supervised};
 use crate::{Error, IoContext, Result};
@@ -18,13 +19,29 @@ pub struct Vm {
 const CONSOLE_TAIL_LINES: usize = 25;
 
 impl Vm {
-    /// Starts QEMU for `spec`; its stderr goes to `<console_log>.stderr`.
+    /// Starts QEMU for `spec`; its stderr goes to `<console_log>.stderr`. Its writable
+    /// disks are opened here and handed over as descriptors ([`OpenedDrive`]).
     pub fn start(qemu: &Path, spec: VmSpec) -> Result<Self> {
-        let argv = spec.argv()?;
+        let opened = open_drives(&spec)?;
+        let argv = spec.argv_opened(&opened)?;
         tracing::debug!(vm = %spec.name, ?argv, "qemu command line");
         let stderr = stderr_path(&spec.console_log);
-        let inherit = spec.inherit.as_ref().map(|d| d.fd());
-        let process = Supervised::spawn_with(&spec.name, qemu, &argv, &stderr, inherit, None)?;
+        let mut inherit = spec.inherited_fds();
+        for o in &opened {
+            inherit.extend([o.read_write.fd(), o.read_only.fd()]);
+        }
+        let changes_user = spec.confinement.run_as.is_some() && !spec.confinement.off;
+        let process = Supervised::spawn_inheriting(
+            &spec.name,
+            qemu,
+            &argv,
+            &stderr,
+            &inherit,
+            None,
+            changes_user,
+        )?;
+        // QEMU has its copies now.
+        drop(opened);
         Ok(Self {
             spec,
             process,
@@ -161,6 +178,31 @@ impl Vm {
             .ctx(|| format!("reading {}", self.spec.console_log.display()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// The writable disks of `spec` (not CD-ROMs, floppies or read-only drives), each opened
+/// read-write and read-only.
+fn open_drives(spec: &VmSpec) -> Result<Vec<OpenedDrive>> {
+    let mut out = Vec::new();
+    for (i, d) in spec.drives.iter().enumerate() {
+        if d.readonly || matches!(d.interface, DriveInterface::CdRom | DriveInterface::Floppy) {
+            continue;
+        }
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(&d.path)
+                .map(|f| Descriptor::new(f.into()))
+                .ctx(|| format!("opening {}", d.path.display()))
+        };
+        out.push(OpenedDrive {
+            drive: i,
+            read_write: open(true)?,
+            read_only: open(false)?,
+        });
+    }
+    Ok(out)
 }
 
 fn stderr_path(console_log: &Path) -> PathBuf {

@@ -27,6 +27,7 @@ pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
 use crate::host::{fs::random_hex, programs};
+use crate::machine::confine::{self, Confinement, Policy};
 use crate::machine::{overlay, qemu, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
@@ -52,6 +53,9 @@ pub struct SessionOptions {
     /// new VM generation, no reseed from the host), so every run sees the random numbers,
     /// keys and UUIDs of every other.
     pub replay_snapshot_randomness: bool,
+    /// INSECURE, for measuring what confinement costs (`guestbox bench`) only: start both
+    /// QEMUs without their seccomp sandbox and, as root, without leaving root.
+    pub unconfined: bool,
 }
 
 /// One command in a session.
@@ -148,13 +152,31 @@ impl Session {
         }
         let hold = base.lock_shared()?;
         let started = Instant::now();
+        let policy = Policy::for_host(&store.cache, &qemu).await?;
         let runs = store.runs.clone();
         let run_dir = RunDir::create(&runs, "run-")?;
+        // The controller's QEMU serves the user's directories as their owner (as root).
+        let mut served: Vec<PathBuf> = volumes.iter().map(|v| v.host.clone()).collect();
+        served.extend(opts.xchg.iter().cloned());
+        let confinement = if opts.unconfined {
+            let off = Confinement {
+                off: true,
+                ..Confinement::default()
+            };
+            (off.clone(), off)
+        } else {
+            let empty = confine::empty_root(run_dir.path())?;
+            (
+                policy.plain().in_empty_root(&empty),
+                policy.serving(&served)?,
+            )
+        };
         let xchg = match &opts.xchg {
             Some(dir) => dir.clone(),
             None => {
                 let dir = run_dir.path().join(shares::XCHG_TAG);
                 fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                confinement.1.hand_over(&[&dir])?;
                 dir
             }
         };
@@ -192,8 +214,17 @@ impl Session {
                 readonly: v.volume.readonly,
             });
         }
-        let (guest, controller, sockets) =
-            launch(&qemu, store, base, &profile, &run_dir, &devices, opts).await?;
+        let (guest, controller, sockets) = launch(
+            &qemu,
+            store,
+            base,
+            &profile,
+            &run_dir,
+            &devices,
+            confinement,
+            opts,
+        )
+        .await?;
         Ok(Session {
             profile,
             runs,
@@ -362,7 +393,9 @@ pub async fn run(
 }
 
 /// Revives the base's pair (or cold-boots and sets it up) in `run_dir`, on fresh
-/// overlays, with `devices` behind the controller's 9p devices. Returns once both run.
+/// overlays, with `devices` behind the controller's 9p devices, each QEMU confined as
+/// given (guest, controller). Returns once both run.
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     qemu: &std::path::Path,
     store: &Store,
@@ -370,6 +403,7 @@ async fn launch(
     profile: &Profile,
     run_dir: &RunDir,
     devices: &[ControllerShare],
+    confinement: (Confinement, Confinement),
     opts: &SessionOptions,
 ) -> Result<(Vm, Vm, PairSockets)> {
     let sockets = PairSockets::new(run_dir.path())?;
@@ -394,13 +428,11 @@ async fn launch(
     c?;
     let pair = &base.manifest.pair;
     if opts.cold {
-        let (g, c) = lifecycle::start(
-            qemu,
-            pair.guest_spec(&overlays, &RamMode::Anonymous, sockets),
-            pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices),
-            opts.boot_timeout,
-        )
-        .await?;
+        let mut guest = pair.guest_spec(&overlays, &RamMode::Anonymous, sockets);
+        let mut controller = pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
+        let (g, c) = lifecycle::start(qemu, guest, controller, opts.boot_timeout).await?;
         let secrets = base.secrets()?;
         lifecycle::setup(
             sockets,
@@ -421,7 +453,9 @@ async fn launch(
             readonly: qemu::private_ram_can_be_readonly(base.manifest.qemu_version),
         };
         let mut guest = pair.guest_spec(&overlays, &ram, sockets);
-        let controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        let mut controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
         // The guest's device is the snapshot's; a fresh generation makes its kernel reseed.
         guest.generation_id = Some(generation(
             &base.manifest.id,

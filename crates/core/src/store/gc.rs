@@ -44,6 +44,9 @@ pub fn usage(path: &Path) -> u64 {
 fn abandoned(dir: &Path) -> bool {
     match fs::File::open(dir.join("lock")) {
         Ok(f) => f.try_lock().is_ok(),
+        // Another user's run in a shared GUESTBOX_HOME (run directories are owner-only):
+        // not this user's to collect.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => false,
         Err(_) => fs::metadata(dir)
             .and_then(|m| m.modified())
             .ok()

@@ -210,10 +210,7 @@ impl Import {
         let json =
             serde_json::to_vec_pretty(origin).ctx(|| "recording where the base came from")?;
         fs::write(dir.join(ORIGIN), json).ctx(|| "recording where the base came from")?;
-        seal(
-            dir,
-            !qemu::private_ram_can_be_readonly(self.manifest.qemu_version),
-        )?;
+        seal(dir, ram_mode(&self.store, self.manifest.qemu_version))?;
         fs::rename(dir, self.store.base_dir(&id)).ctx(|| format!("registering base {id}"))?;
         let store = self.store.clone();
         drop(self);
@@ -272,9 +269,24 @@ pub fn check(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// The mode of a base's RAM files, where QEMU needs them writable. QEMU before 8.2 opens
+/// even a private RAM file read-write (it never writes it): in a GUESTBOX_HOME shared by
+/// a group (its bases directory group-writable), the group's other users must be able
+/// to, or they cannot revive the base.
+pub fn ram_mode(store: &Store, qemu_version: qemu::Version) -> Option<u32> {
+    (!qemu::private_ram_can_be_readonly(qemu_version)).then(|| {
+        let shared = fs::metadata(&store.bases).is_ok_and(|m| m.permissions().mode() & 0o020 != 0);
+        if shared {
+            0o664
+        } else {
+            0o644
+        }
+    })
+}
+
 /// Makes every base file read-only (but the RAM files where QEMU needs to open them RW);
 /// the secrets owner-only.
-pub fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
+pub fn seal(dir: &Path, ram_mode: Option<u32>) -> Result<()> {
     for e in fs::read_dir(dir)
         .ctx(|| format!("reading {}", dir.display()))?
         .flatten()
@@ -282,8 +294,8 @@ pub fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
         let name = e.file_name().to_string_lossy().into_owned();
         let mode = if name == SECRETS {
             0o400
-        } else if ram_writable && (name == files::GUEST_RAM || name == files::CONTROLLER_RAM) {
-            0o644
+        } else if name == files::GUEST_RAM || name == files::CONTROLLER_RAM {
+            ram_mode.unwrap_or(0o444)
         } else {
             0o444
         };

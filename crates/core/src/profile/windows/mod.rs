@@ -519,6 +519,25 @@ pub struct Swtpm {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub pid_file: PathBuf,
+    /// Set by a guestbox that starts swtpm itself; None: the emitted scripts' paths.
+    pub handles: Option<SwtpmHandles>,
+}
+
+/// What a guestbox that supervises swtpm hands it, so that swtpm is confined as QEMU is
+/// (issue #15): under its seccomp profile (`action=kill`, swtpm's default, written out),
+/// and, as root, as an unprivileged user. swtpm changes user before it would bind its
+/// control socket or open its log, so those come as descriptors: a path in a root-owned
+/// run directory would fail (a log it cannot open makes it exit without a word). QEMU
+/// still connects to [`Swtpm::socket`] by path, before it leaves root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwtpmHandles {
+    /// A unix stream socket bound at [`Swtpm::socket`] and listening, swtpm inherits it.
+    pub ctrl_fd: i32,
+    /// An open file for its log, inherited.
+    pub log_fd: i32,
+    /// As root: the account it becomes, by name (a number would also become its group
+    /// id); [`Swtpm::state_dir`] must belong to that account.
+    pub runas: Option<String>,
 }
 
 impl Swtpm {
@@ -535,19 +554,39 @@ impl Swtpm {
             }
             Ok(s)
         };
-        Ok(vec![
+        let mut a: Vec<String> = vec![
             "socket".into(),
             "--tpm2".into(),
             "--tpmstate".into(),
             format!("dir={}", v(&self.state_dir)?),
-            "--ctrl".into(),
-            format!("type=unixio,path={}", v(&self.socket)?),
-            "--log".into(),
-            format!("file={},level=1", v(&self.log)?),
-            "--pid".into(),
-            format!("file={}", v(&self.pid_file)?),
+        ];
+        match &self.handles {
+            None => a.extend([
+                "--ctrl".into(),
+                format!("type=unixio,path={}", v(&self.socket)?),
+                "--log".into(),
+                format!("file={},level=1", v(&self.log)?),
+                "--pid".into(),
+                format!("file={}", v(&self.pid_file)?),
+            ]),
+            Some(h) => {
+                a.extend([
+                    "--ctrl".into(),
+                    format!("type=unixio,fd={}", h.ctrl_fd),
+                    "--log".into(),
+                    format!("fd={},level=1", h.log_fd),
+                ]);
+                if let Some(user) = &h.runas {
+                    a.extend(["--runas".into(), user.clone()]);
+                }
+            }
+        }
+        a.extend([
+            "--seccomp".into(),
+            "action=kill".into(),
             "--terminate".into(),
-        ])
+        ]);
+        Ok(a)
     }
 }
 
@@ -684,10 +723,8 @@ fn stage(
         nics: vec![Nic {
             model,
             mac: settings.network.mac_colons(),
-            link: Link::UnixDgram {
-                local: paths.sockets.guest_link(),
-                remote: paths.sockets.controller_link(),
-            },
+            // The pair's socket pair when guestbox starts it, the socket paths in scripts.
+            link: paths.sockets.link(crate::pair::End::Guest),
         }],
         ports: vec![],
         shares: vec![],
@@ -699,6 +736,8 @@ fn stage(
         generation_id: None,
         incoming: false,
         inherit: paths.sockets.inherit(),
+        // The full seccomp sandbox; a root guestbox sets the user QEMU becomes.
+        confinement: Default::default(),
     };
 
     let pm = if q35 { "ICH9-LPC" } else { "PIIX4_PM" };
@@ -734,6 +773,7 @@ fn stage(
         socket: paths.tpm_socket(),
         log: paths.sockets.dir.join("swtpm.log"),
         pid_file: paths.sockets.dir.join("swtpm.pid"),
+        handles: None,
     });
     // Setup's first reboot comes minutes after these, so the keys cannot start the CD
     // again; TCG needs longer to get the firmware to the prompt.
@@ -890,6 +930,7 @@ pub fn stage_script(stage: &Stage, index: usize, total: usize, hw: &Hardware) ->
                 .first()
                 .map_or(String::new(), |n| match &n.link {
                     Link::UnixDgram { remote, .. } => remote.display().to_string(),
+                    Link::Socket { .. } => "a socket pair".to_string(),
                 })
         )),
     }

@@ -79,6 +79,21 @@ pub fn backing_file(qcow2: &Path) -> Option<std::path::PathBuf> {
     Some(std::ffi::OsString::from_vec(name).into())
 }
 
+/// Where overlay templates live, under the cache directory.
+pub const TEMPLATES_DIR: &str = "overlays";
+
+/// The templates in `templates` whose backing file is gone (a removed base): `rm` and `gc`
+/// remove them.
+pub fn stale_templates(templates: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(templates)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| backing_file(p).is_none_or(|b| !b.exists()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -419,7 +419,7 @@ async fn launch(
         base.file(files::GUEST_DISK),
         base.file(files::CONTROLLER_DISK),
     );
-    let templates = store.cache.join("overlays");
+    let templates = store.cache.join(overlay::TEMPLATES_DIR);
     let (g, c) = tokio::join!(
         overlay::create_from_template(&guest_disk, &overlays.guest_disk, &templates),
         overlay::create_from_template(&controller_disk, &overlays.controller_disk, &templates)

@@ -279,7 +279,14 @@ impl Store {
             let _ = fs::remove_file(self.names_dir().join(name));
         }
         make_writable(&doomed);
-        fs::remove_dir_all(&doomed).ctx(|| format!("removing {}", doomed.display()))
+        fs::remove_dir_all(&doomed).ctx(|| format!("removing {}", doomed.display()))?;
+        // The overlay templates made for its disks go with it (best effort: gc would too).
+        for t in crate::machine::overlay::stale_templates(
+            &self.cache.join(crate::machine::overlay::TEMPLATES_DIR),
+        ) {
+            let _ = fs::remove_file(t);
+        }
+        Ok(())
     }
 }
 

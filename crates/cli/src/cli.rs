@@ -378,7 +378,10 @@ pub struct JobArgs {
     /// INSECURE, for debugging a flaky build only: replay the snapshot's randomness bit
     /// for bit. Every run then sees the same random numbers, keys, tokens and UUIDs as
     /// every other run of this base (processes that run side by side may still take them
-    /// in another order). By default each revive is a new VM generation and the guest's
+    /// in another order, anything in the kernel that draws at a moment set by timing
+    /// shifts what comes after it, and the kernel reseeds itself from interrupt timings once
+    /// its reseed interval has passed since the freeze: half the guest's uptime then, at
+    /// least 1 s, at most 60 s). By default each revive is a new VM generation and the guest's
     /// kernel is reseeded from the host before the command starts.
     #[arg(long)]
     pub replay_snapshot_randomness: bool,

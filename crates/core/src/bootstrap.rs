@@ -258,7 +258,8 @@ async fn build(
         },
     )
     .await?;
-    lifecycle::settle(&sockets, opts.profile.settle_script()?, SETTLE_QUIET).await?;
+    let seed = crate::host::fs::random_hex(64)?;
+    lifecycle::settle(&sockets, opts.profile.settle_scripts(seed)?, SETTLE_QUIET).await?;
     step.done();
     timings.insert("setup".into(), t.elapsed().as_secs_f64());
 

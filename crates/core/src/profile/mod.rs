@@ -66,17 +66,22 @@ impl Profile {
         }
     }
 
-    /// The job that settles the guest before it is frozen (see `pair::lifecycle::settle`):
-    /// written data on disk, the job path used once.
-    pub fn settle_script(&self) -> Result<String> {
-        self.run_script(&GuestJob {
+    /// The jobs that settle the guest before it is frozen (see `pair::lifecycle::settle`):
+    /// written data on disk and the job path used once; then, last, the kernel's generator
+    /// reseeded with `seed`.
+    pub fn settle_scripts(&self, seed: String) -> Result<crate::pair::lifecycle::Settle> {
+        let job = |argv: &[&str], seed| GuestJob {
             time: None,
-            seed: None,
+            seed,
             mounts: vec![],
             env: vec![],
             workdir: None,
-            argv: vec!["sh".into(), "-c".into(), "sync".into()],
+            argv: argv.iter().map(|a| a.to_string()).collect(),
             stdin: false,
+        };
+        Ok(crate::pair::lifecycle::Settle {
+            first: self.run_script(&job(&["sh", "-c", "sync"], None))?,
+            last: self.run_script(&job(&["true"], Some(seed)))?,
         })
     }
 

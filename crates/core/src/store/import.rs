@@ -346,6 +346,9 @@ mod tests {
         let err = parse_manifest(b"not json").unwrap_err();
         assert!(matches!(err, Error::BadImport { .. }), "{err}");
         let err = parse_manifest(b"{\"format\": 3, \"id\": \"abcdefabcdef\"}").unwrap_err();
+        assert!(err.to_string().contains("bootstrap it again"), "{err}");
+        let current = format!("{{\"format\": {BASE_FORMAT}, \"id\": \"abcdefabcdef\"}}");
+        let err = parse_manifest(current.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("does not parse"), "{err}");
     }
 }

@@ -2,16 +2,92 @@
 //! share it mounted at bootstrap), open a session on the SSH master, pump its output to the
 //! host, and return its exit status.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use link::proto::{write_frame, Event, FrameKind, Run};
 use link::shares;
 
-use crate::serve::{send, StdinSink, Writer};
+use crate::serve::{send, Input, StdinSink, Writer};
 use crate::{mux, ssh};
+
+/// A new terminal of `rows` × `cols` with the kernel's default (sane) modes: (the side
+/// guestbox writes the host's keys to, the side the SSH master reads).
+fn terminal(rows: u16, cols: u16) -> io::Result<(File, OwnedFd)> {
+    let (mut host_side, mut ours) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; a null name and termios mean "none" and
+    // "the default modes"; the winsize is valid for the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut host_side,
+            &mut ours,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            if rows > 0 && cols > 0 {
+                &size
+            } else {
+                std::ptr::null()
+            },
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+    let (host_side, ours) =
+        unsafe { (OwnedFd::from_raw_fd(host_side), OwnedFd::from_raw_fd(ours)) };
+    for fd in [&host_side, &ours] {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((File::from(host_side), ours))
+}
+
+/// No line discipline on this terminal any more: bytes pass as they are.
+fn make_raw(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: termios is plain data that tcgetattr fills; the descriptor is ours.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd.as_raw_fd(), &mut t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::cfmakeraw(&mut t);
+        if libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The host's terminal changed size: this terminal takes it, and the SSH master, told by
+/// SIGWINCH as `ssh -S` tells it, passes it on to the guest.
+pub(crate) fn resize(terminal: &File, rows: u16, cols: u16, master: i32) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: an ioctl and a kill with valid arguments.
+    unsafe {
+        if libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::kill(master, libc::SIGWINCH) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// mount(2) directly: a run is on the critical path, and a mount(8) process costs a fork
 /// and an exec under emulation.
@@ -41,7 +117,7 @@ fn mount_9p(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
 }
 
 /// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -63,37 +139,163 @@ fn set_clock(seconds: i64) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs one job: its volumes, then its command in the guest; returns the exit status.
-pub(crate) fn run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32> {
+/// Runs one job: its volumes (those not mounted yet), then its command in the guest;
+/// returns the exit status.
+pub(crate) fn run(
+    job: &Run,
+    writer: &Writer,
+    stdin_sink: &StdinSink,
+    mounted: &mut BTreeSet<String>,
+    server: &mut Option<crate::ssh::Server>,
+) -> io::Result<i32> {
     if let Some(t) = job.time {
         set_clock(t)?;
     }
     for m in &job.mounts {
+        if mounted.contains(&m.tag) {
+            continue;
+        }
         let target = format!("{}/{}", shares::SHARE_ROOT, m.tag);
         mount_9p(&m.tag, &target, m.readonly)
             .map_err(|e| io::Error::other(format!("mounting {}: {e}", m.tag)))?;
+        mounted.insert(m.tag.clone());
     }
-    let (stdout_read, stdout_write) = pipe()?;
-    let (stderr_read, stderr_write) = pipe()?;
-    let stdin = if job.stdin {
-        let (read, write) = pipe()?;
+    let code = match (
+        server.as_mut(),
+        &job.tty,
+        job.script.strip_prefix(link::job::PREFIX),
+    ) {
+        (Some(s), None, Some(json)) => match served(s, json, job.stdin, writer, stdin_sink) {
+            Ok(code) => code,
+            // The server is gone (it never should be): this job and the next open sessions.
+            Err(e) => {
+                crate::console(&format!("guestbox-agent: the guest's job server: {e}"));
+                *server = None;
+                return Err(e);
+            }
+        },
+        _ => in_session(job, writer, stdin_sink)?,
+    };
+    // As in the original: the exit code also lands in the exchange directory.
+    if mounted.contains(shares::XCHG_TAG) {
+        fs::write(
+            format!(
+                "{}/{}/{}",
+                shares::SHARE_ROOT,
+                shares::XCHG_TAG,
+                shares::EXIT_CODE_FILE
+            ),
+            format!("{code}\n"),
+        )?;
+    }
+    Ok(code)
+}
+
+/// A job through the guest's resident server: the job, then its stdin, out as frames; its
+/// output and end back as frames (passed on to the host as they are, but the end).
+fn served(
+    server: &mut crate::ssh::Server,
+    job_json: &str,
+    stdin: bool,
+    writer: &Writer,
+    stdin_sink: &StdinSink,
+) -> io::Result<i32> {
+    let proto_err = |e: link::proto::ProtoError| io::Error::other(e.to_string());
+    write_frame(
+        &mut server.to_guest,
+        FrameKind::Message,
+        job_json.as_bytes(),
+    )
+    .map_err(proto_err)?;
+    if stdin {
         *stdin_sink
             .lock()
-            .map_err(|_| io::Error::other("stdin poisoned"))? = Some(File::from(write));
-        read
-    } else {
-        OwnedFd::from(File::open("/dev/null")?)
+            .map_err(|_| io::Error::other("stdin poisoned"))? = Some(Input {
+            file: server.to_guest.try_clone()?,
+            tty_master: None,
+            framed: true,
+        });
+    }
+    let result = loop {
+        let (kind, payload) = match link::proto::read_frame(&mut server.from_guest) {
+            Ok(frame) => frame,
+            Err(e) => break Err(proto_err(e)),
+        };
+        match kind {
+            FrameKind::Stdout | FrameKind::Stderr => {
+                let mut w = writer
+                    .lock()
+                    .map_err(|_| io::Error::other("writer poisoned"))?;
+                write_frame(&mut *w, kind, &payload).map_err(proto_err)?;
+            }
+            FrameKind::Message => match serde_json::from_slice::<Event>(&payload) {
+                Ok(Event::Started) => send(writer, &Event::Started)?,
+                Ok(Event::Exit { code }) => break Ok(code),
+                Ok(_) | Err(_) => {}
+            },
+            FrameKind::Stdin | FrameKind::Resize => {}
+        }
     };
+    if let Ok(mut sink) = stdin_sink.lock() {
+        *sink = None;
+    }
+    result
+}
+
+/// A job in a session of its own (a terminal job, or when there is no job server).
+fn in_session(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Result<i32> {
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let master = Path::new(ssh::MASTER);
+    // A terminal job reads a terminal here, so that the SSH master takes sane modes from
+    // it for the guest's terminal (from a pipe it would send all-zero modes: no output
+    // processing, and every line a step to the right) and its size.
+    let (stdin, input, terminal) = match (&job.tty, job.stdin) {
+        (Some(tty), _) => {
+            let (host_side, ours) = terminal(tty.rows, tty.cols)?;
+            let pid = mux::master_pid(master)?;
+            (
+                ours.try_clone()?,
+                Some(Input {
+                    file: host_side,
+                    tty_master: Some(pid),
+                    framed: false,
+                }),
+                Some(ours),
+            )
+        }
+        (None, true) => {
+            let (read, write) = pipe()?;
+            (
+                read,
+                Some(Input {
+                    file: File::from(write),
+                    tty_master: None,
+                    framed: false,
+                }),
+                None,
+            )
+        }
+        (None, false) => (OwnedFd::from(File::open("/dev/null")?), None, None),
+    };
+    *stdin_sink
+        .lock()
+        .map_err(|_| io::Error::other("stdin poisoned"))? = input;
     let mut session = mux::open(
-        Path::new(ssh::MASTER),
+        master,
         &job.script,
         job.tty.as_ref().map(|t| t.term.as_str()),
         &stdin,
         &stdout_write,
         &stderr_write,
     )?;
+    // The master has read the terminal's modes: from now on it passes bytes through
+    // untouched, in both directions (the guest's terminal does the processing).
+    if let Some(t) = &terminal {
+        make_raw(t)?;
+    }
     // The master holds its own copies now; ours must go or the pipes never reach EOF.
-    drop((stdin, stdout_write, stderr_write));
+    drop((stdin, stdout_write, stderr_write, terminal));
     send(writer, &Event::Started)?;
     let pumps: Vec<_> = [
         (stdout_read, FrameKind::Stdout),
@@ -129,18 +331,5 @@ pub(crate) fn run(job: &Run, writer: &Writer, stdin_sink: &StdinSink) -> io::Res
     }
     // Only now: the master has written all output (see Session::wait).
     drop(session);
-    let code = code?;
-    // As in the original: the exit code also lands in the exchange directory.
-    if job.mounts.iter().any(|m| m.tag == shares::XCHG_TAG) {
-        fs::write(
-            format!(
-                "{}/{}/{}",
-                shares::SHARE_ROOT,
-                shares::XCHG_TAG,
-                shares::EXIT_CODE_FILE
-            ),
-            format!("{code}\n"),
-        )?;
-    }
-    Ok(code)
+    code
 }

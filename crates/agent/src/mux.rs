@@ -13,6 +13,8 @@ use std::path::Path;
 
 const MUX_MSG_HELLO: u32 = 0x0000_0001;
 const MUX_C_NEW_SESSION: u32 = 0x1000_0002;
+const MUX_C_ALIVE_CHECK: u32 = 0x1000_0004;
+const MUX_S_ALIVE: u32 = 0x8000_0005;
 const MUX_S_PERMISSION_DENIED: u32 = 0x8000_0002;
 const MUX_S_FAILURE: u32 = 0x8000_0003;
 const MUX_S_EXIT_MESSAGE: u32 = 0x8000_0004;
@@ -85,16 +87,8 @@ pub struct Session {
     sock: UnixStream,
 }
 
-/// Opens a session running `command` in the guest, with stdin/stdout/stderr connected to
-/// the given descriptors (the master writes the command's output into them).
-pub fn open(
-    control: &Path,
-    command: &str,
-    tty: Option<&str>,
-    stdin: &OwnedFd,
-    stdout: &OwnedFd,
-    stderr: &OwnedFd,
-) -> io::Result<Session> {
+/// Connects to the master and exchanges hellos.
+fn connect(control: &Path) -> io::Result<UnixStream> {
     let mut sock = UnixStream::connect(control)?;
     let mut hello = Vec::new();
     put_u32(&mut hello, MUX_MSG_HELLO);
@@ -111,6 +105,41 @@ pub fn open(
             "unsupported ssh mux protocol version {version}"
         )));
     }
+    Ok(sock)
+}
+
+/// The master's process id. A mux client relays SIGWINCH to it (as `ssh -S` does): the
+/// master then re-reads the window size of every session's terminal.
+pub fn master_pid(control: &Path) -> io::Result<i32> {
+    let mut sock = connect(control)?;
+    let mut m = Vec::new();
+    put_u32(&mut m, MUX_C_ALIVE_CHECK);
+    put_u32(&mut m, 1);
+    send_packet(&mut sock, &m)?;
+    let reply = read_packet(&mut sock)?;
+    let mut r = Reader(&reply);
+    match r.u32()? {
+        MUX_S_ALIVE => {
+            let _request_id = r.u32()?;
+            i32::try_from(r.u32()?).map_err(io::Error::other)
+        }
+        other => Err(io::Error::other(format!(
+            "unexpected ssh mux reply {other:#x} to an alive check"
+        ))),
+    }
+}
+
+/// Opens a session running `command` in the guest, with stdin/stdout/stderr connected to
+/// the given descriptors (the master writes the command's output into them).
+pub fn open(
+    control: &Path,
+    command: &str,
+    tty: Option<&str>,
+    stdin: &OwnedFd,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+) -> io::Result<Session> {
+    let mut sock = connect(control)?;
     let request_id = 1;
     let mut m = Vec::new();
     put_u32(&mut m, MUX_C_NEW_SESSION);

@@ -14,8 +14,19 @@ use crate::{console, job, run_cmd, ssh};
 /// The port's write side, shared by the loop and a job's output pumps.
 pub(crate) type Writer = Arc<Mutex<File>>;
 
-/// Where Stdin frames go while a job reads its stdin.
-pub(crate) type StdinSink = Arc<Mutex<Option<File>>>;
+/// Where Stdin (and Resize) frames go while a job reads its stdin.
+pub(crate) type StdinSink = Arc<Mutex<Option<Input>>>;
+
+/// A running job's input: a pipe, the controller-side terminal the SSH master reads (then
+/// resizes go to that terminal, and SIGWINCH to the master), or the resident job server's
+/// session (then the input travels as frames).
+pub(crate) struct Input {
+    pub file: File,
+    /// The SSH master's pid, for a job with a terminal.
+    pub tty_master: Option<i32>,
+    /// Stdin goes to the guest's job server as `Stdin` frames.
+    pub framed: bool,
+}
 
 pub(crate) fn send(writer: &Writer, event: &Event) -> io::Result<()> {
     let mut w = writer
@@ -32,6 +43,11 @@ pub(crate) fn serve(port: &Path) -> io::Result<()> {
     let (requests, incoming) = std::sync::mpsc::channel::<Vec<u8>>();
     let sink = stdin_sink.clone();
     std::thread::spawn(move || read_frames(reader, requests, sink));
+    // 9p tags mounted so far: a revived controller starts with none, and a session's
+    // later jobs reuse them.
+    let mut mounted = std::collections::BTreeSet::new();
+    // The guest's resident job server, opened at setup (it lives on in the snapshot).
+    let mut server: Option<ssh::Server> = None;
     loop {
         let Ok(payload) = incoming.recv() else {
             return Err(io::Error::other("the control port reader stopped"));
@@ -41,17 +57,22 @@ pub(crate) fn serve(port: &Path) -> io::Result<()> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             Ok(Request::Setup(setup)) => match ssh::setup(&setup) {
-                Ok(()) => Event::SetupDone,
+                Ok(s) => {
+                    server = s;
+                    Event::SetupDone
+                }
                 Err(e) => Event::Error {
                     message: format!("setup: {e}"),
                 },
             },
-            Ok(Request::Run(run)) => match job::run(&run, &writer, &stdin_sink) {
-                Ok(code) => Event::Exit { code },
-                Err(e) => Event::Error {
-                    message: e.to_string(),
-                },
-            },
+            Ok(Request::Run(run)) => {
+                match job::run(&run, &writer, &stdin_sink, &mut mounted, &mut server) {
+                    Ok(code) => Event::Exit { code },
+                    Err(e) => Event::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
             Ok(Request::Poweroff) => {
                 let _ = run_cmd("/bin/sync", &[]);
                 // SAFETY: plain syscall; the host asked for the controller to go away.
@@ -131,12 +152,27 @@ fn read_frames(mut reader: File, requests: std::sync::mpsc::Sender<Vec<u8>>, std
             }
             Ok((FrameKind::Stdin, data)) => {
                 let Ok(mut sink) = stdin.lock() else { return };
-                if data.is_empty() {
-                    *sink = None;
-                } else if let Some(pipe) = sink.as_mut() {
-                    // The command may have closed its stdin: then the input has nowhere to go.
-                    if pipe.write_all(&data).is_err() {
+                if let Some(input) = sink.as_mut() {
+                    let sent = if input.framed {
+                        proto::write_frame(&mut input.file, FrameKind::Stdin, &data).is_ok()
+                    } else {
+                        data.is_empty() || input.file.write_all(&data).is_ok()
+                    };
+                    // At the end, or when the command closed its stdin: nowhere to go.
+                    if data.is_empty() || !sent {
                         *sink = None;
+                    }
+                }
+            }
+            Ok((FrameKind::Resize, data)) => {
+                let Ok(sink) = stdin.lock() else { return };
+                if let (Some(input), Some((rows, cols))) =
+                    (sink.as_ref(), proto::parse_resize(&data))
+                {
+                    if let Some(master) = input.tty_master {
+                        if let Err(e) = crate::job::resize(&input.file, rows, cols, master) {
+                            console(&format!("guestbox-agent: resizing the terminal: {e}"));
+                        }
                     }
                 }
             }

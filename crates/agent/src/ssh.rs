@@ -2,16 +2,17 @@
 //! which lives on in the snapshot, so a run opens a session on it ([`crate::mux`]) and
 //! pays no handshake.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use link::{net, proto::Setup};
 
-use crate::{smb, write_secret};
+use crate::{mux, smb, write_secret};
 
 pub(crate) const SSH_DIR: &str = "/run/guestbox/ssh";
 /// The master's control socket, which [`crate::mux`] connects to.
@@ -41,8 +42,41 @@ fn ssh_args() -> Vec<String> {
     .collect()
 }
 
-/// Once, at bootstrap: credentials, the master connection, then the guest's setup script.
-pub(crate) fn setup(setup: &Setup) -> io::Result<()> {
+/// The guest's resident job server: a session opened at setup that runs guestbox's exec
+/// helper as [`link::job::SERVE_COMMAND`], with the agent's ends of its stdin and stdout.
+/// Frozen with both VMs, it lets a revived pair run a job with no SSH session to open and
+/// no shell to start in the guest: only data on a channel that is already there.
+pub(crate) struct Server {
+    pub to_guest: File,
+    pub from_guest: File,
+    /// The session's control connection: closing it would end the session.
+    _session: mux::Session,
+}
+
+/// Opens the job server's session on the master.
+fn open_server() -> io::Result<Server> {
+    let (stdin_read, stdin_write) = crate::job::pipe()?;
+    let (stdout_read, stdout_write) = crate::job::pipe()?;
+    // What the server says outside its frames (it has nothing to say unless it fails).
+    let console = OwnedFd::from(fs::OpenOptions::new().write(true).open("/dev/console")?);
+    let session = mux::open(
+        std::path::Path::new(MASTER),
+        link::job::SERVE_COMMAND,
+        None,
+        &stdin_read,
+        &stdout_write,
+        &console,
+    )?;
+    Ok(Server {
+        to_guest: File::from(stdin_write),
+        from_guest: File::from(stdout_read),
+        _session: session,
+    })
+}
+
+/// Once, at bootstrap: credentials, the master connection, the guest's setup script, then
+/// the guest's job server (None if it could not be started: jobs then open a session each).
+pub(crate) fn setup(setup: &Setup) -> io::Result<Option<Server>> {
     fs::create_dir_all(SSH_DIR)?;
     fs::set_permissions(SSH_DIR, fs::Permissions::from_mode(0o700))?;
     let mut key = setup.client_key.clone();
@@ -110,5 +144,13 @@ pub(crate) fn setup(setup: &Setup) -> io::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    match open_server() {
+        Ok(server) => Ok(Some(server)),
+        Err(e) => {
+            crate::console(&format!(
+                "guestbox-agent: no job server in the guest ({e}); each job opens a session"
+            ));
+            Ok(None)
+        }
+    }
 }

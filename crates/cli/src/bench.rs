@@ -21,14 +21,93 @@ pub struct BenchOptions {
     pub small_mib: u64,
     pub big_mib: u64,
     pub accel: AccelChoice,
+    /// The sections to run; empty: all.
+    pub only: Vec<Section>,
+}
+
+impl BenchOptions {
+    fn wants(&self, s: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
+    }
 }
 
 /// One row of the report.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
+    /// A stable name, for `--json`.
+    pub key: String,
     pub what: String,
+    /// As printed.
     pub value: String,
+    /// The measure as a number, where it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<f64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unit: String,
     pub target: String,
+}
+
+impl Row {
+    /// A measured number in `unit`.
+    pub fn new(key: &str, what: &str, number: f64, unit: &str, target: &str) -> Row {
+        let value = match unit {
+            "s" | "CPU-s" => format!("{number:.3} {unit}"),
+            "ms" => format!("{number:.1} ms"),
+            "/min" => format!("{number:.0} /min"),
+            "%" => format!("{number:.0}%"),
+            "x" => format!("{number:.2}x"),
+            _ => format!("{number:.2} {unit}"),
+        };
+        Row {
+            key: key.into(),
+            what: what.into(),
+            value,
+            number: Some(number),
+            unit: unit.into(),
+            target: target.into(),
+        }
+    }
+
+    /// A row whose value is text (a split, a pair of figures).
+    pub fn text(key: &str, what: &str, value: String, target: &str) -> Row {
+        Row {
+            key: key.into(),
+            what: what.into(),
+            value,
+            number: None,
+            unit: String::new(),
+            target: target.into(),
+        }
+    }
+}
+
+/// A key from a row's words: `revive to running (1 pair)` → `revive_to_running_1_pair`.
+fn slug(what: &str) -> String {
+    let mut s = String::new();
+    for c in what.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('_') && !s.is_empty() {
+            s.push('_');
+        }
+    }
+    s.trim_end_matches('_').to_string()
+}
+
+/// The sections of `guestbox bench`, each runnable alone (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Revive of one pair, of a big guest, of four at once; memory and CPU per revive.
+    Revive,
+    /// `run -- true` split by stage and process, runs per minute, an exec, a shared file.
+    Run,
+    /// Cold boot and a cold run, for comparison.
+    Cold,
+    /// Writes to a shared directory against the guest's own disk.
+    Write,
+    /// `find` + `stat` and `git status` over a 10 000-file tree, shared read-only against
+    /// the guest's own disk.
+    Tree,
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -44,7 +123,7 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -141,7 +220,7 @@ async fn run_binary(id: &str) -> Result<f64> {
 }
 
 /// CPU seconds used so far by this process and its reaped children.
-fn own_cpu() -> f64 {
+pub(crate) fn own_cpu() -> f64 {
     let usage = |who| {
         // SAFETY: getrusage fills the struct it is given.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -153,7 +232,7 @@ fn own_cpu() -> f64 {
 }
 
 /// CPU seconds a live process's threads have run, from their schedstat (nanoseconds).
-fn cpu_of(pid: u32) -> f64 {
+pub(crate) fn cpu_of(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return f64::NAN;
     };
@@ -189,6 +268,7 @@ async fn quiet_run(dirs: &Dirs, base: &Base, opts: &RunOptions) -> Result<(Outco
         stdin: None,
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     let outcome = run(&Store::new(dirs), base, opts, &mut streams).await?;
     if outcome.exit_code != 0 {
@@ -375,19 +455,180 @@ async fn tree_walks(dirs: &Dirs, base: &Base, tree: &Path) -> Result<[f64; 4]> {
 
 pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Result<Vec<Row>> {
     let n = opts.runs.max(1);
-    let mut rows = Vec::new();
-    let mut row = |what: &str, value: String, target: &str| {
-        rows.push(Row {
-            what: what.into(),
-            value,
-            target: target.into(),
-        })
-    };
+    let store = Store::new(dirs);
     let small = base_with(dirs, opts.small_mib, opts.accel, progress).await?;
-    let big = base_with(dirs, opts.big_mib, opts.accel, progress).await?;
+    let mut rows = Vec::new();
+    let mut revive = None;
+    if opts.wants(Section::Revive) {
+        let (r, one) = revive_rows(dirs, &small, opts, n, progress).await?;
+        rows.extend(r);
+        revive = Some(one);
+    }
+    if opts.wants(Section::Run) {
+        let step = progress.step(format!(
+            "what a job pays after the revive: `run -- true` {n} times, runs per minute, an exec, a shared file"
+        ));
+        rows.extend(crate::bench_run::rows(&store, &small, n).await?);
+        let mut binary = Vec::new();
+        for _ in 0..n {
+            binary.push(run_binary(&small.manifest.id).await?);
+        }
+        rows.push(Row::new(
+            "run_true_binary_s",
+            "  the same as a user types it (the guestbox binary)",
+            median(binary),
+            "s",
+            "",
+        ));
+        step.done();
+    }
+    if opts.wants(Section::Cold) {
+        let step = progress.step(format!("cold boot and `run --cold -- true`, {n} times"));
+        let mut cold_ready = Vec::new();
+        let mut cold_total = Vec::new();
+        let mut warm = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            quiet_run(dirs, &small, &command(&["true"])).await?;
+            warm.push(secs(t.elapsed()));
+            let mut cold = command(&["true"]);
+            cold.session.cold = true;
+            let t = Instant::now();
+            let (o, _) = quiet_run(dirs, &small, &cold).await?;
+            cold_total.push(secs(t.elapsed()));
+            cold_ready.push(secs(o.timings.revive));
+        }
+        step.done();
+        let (cr, ct, w) = (median(cold_ready), median(cold_total), median(warm));
+        rows.push(Row::new(
+            "cold_boot_s",
+            "cold boot to ready (same pair, SSH and SMB set up)",
+            cr,
+            "s",
+            "",
+        ));
+        if let Some(rs) = revive {
+            rows.push(Row::new(
+                "cold_vs_revive",
+                "  cold boot / revive",
+                cr / rs,
+                "x",
+                ">= 10x",
+            ));
+        }
+        rows.push(Row::new("cold_run_s", "`run --cold -- true`", ct, "s", ""));
+        rows.push(Row::new(
+            "cold_vs_revived_run",
+            "  cold / revived run",
+            ct / w,
+            "x",
+            ">= 5x",
+        ));
+    }
+    if opts.wants(Section::Write) {
+        let step = progress
+            .step("write throughput: 100 MiB to a shared directory and to the guest's disk");
+        let out_dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+        let mut shared = Vec::new();
+        let mut local = Vec::new();
+        for _ in 0..n.min(3) {
+            shared.push(write_throughput(dirs, &small, "/out", Some(out_dir.path())).await?);
+            local.push(write_throughput(dirs, &small, "/root", None).await?);
+        }
+        step.done();
+        let (sh, lo) = (median(shared), median(local));
+        rows.push(Row::new(
+            "write_shared_mib_s",
+            "write 100 MiB (fsync) to a shared dir (SMB)",
+            sh,
+            "MiB/s",
+            "",
+        ));
+        rows.push(Row::new(
+            "write_local_mib_s",
+            "write 100 MiB (fsync) to the guest's disk",
+            lo,
+            "MiB/s",
+            "",
+        ));
+        rows.push(Row::new(
+            "write_shared_vs_local",
+            "  shared / local",
+            sh / lo * 100.0,
+            "%",
+            ">= 80%",
+        ));
+    }
+    if opts.wants(Section::Tree) {
+        // git must be in the guest: a base of its own (cached like the others).
+        let with_git =
+            base_with_packages(dirs, opts.small_mib, opts.accel, &["git"], progress).await?;
+        let files = TREE_DIRS * TREE_FILES;
+        let step = progress.step(format!(
+            "a {files}-file git tree: find + stat and git status, shared read-only and on the guest's disk"
+        ));
+        let tree = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+        make_tree(tree.path())?;
+        let [find_sh, git_sh, find_lo, git_lo] = tree_walks(dirs, &with_git, tree.path()).await?;
+        step.done();
+        rows.push(Row::new(
+            "tree_find_shared_s",
+            &format!("find + stat, {files} files, shared read-only (SMB)"),
+            find_sh,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_find_local_s",
+            &format!("find + stat, {files} files, on the guest's disk"),
+            find_lo,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_find_shared_vs_local",
+            "  shared / local",
+            find_sh / find_lo,
+            "x",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_shared_s",
+            &format!("git status, {files} files, shared read-only (SMB)"),
+            git_sh,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_local_s",
+            &format!("git status, {files} files, on the guest's disk"),
+            git_lo,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_shared_vs_local",
+            "  shared / local",
+            git_sh / git_lo,
+            "x",
+            "",
+        ));
+    }
+    Ok(rows)
+}
 
+/// Revive figures: one pair, a big guest, four at once; memory and CPU per revive. Also
+/// returns one revive's median seconds (for the cold/revive ratio).
+async fn revive_rows(
+    dirs: &Dirs,
+    small: &Base,
+    opts: &BenchOptions,
+    n: usize,
+    progress: &Progress,
+) -> Result<(Vec<Row>, f64)> {
+    let big = base_with(dirs, opts.big_mib, opts.accel, progress).await?;
     let step = progress.step(format!(
-        "reviving {n} times ({} MiB and {} MiB guests)",
+        "reviving {n} times ({} MiB and {} MiB guests), then 4 at once",
         opts.small_mib, opts.big_mib
     ));
     let mut rev_small = Vec::new();
@@ -395,7 +636,7 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
     let mut private_small = Vec::new();
     let mut cpu1 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
-        let r = revive_many(dirs, &small, 1).await?;
+        let r = revive_many(dirs, small, 1).await?;
         rev_small.push(secs(r.wall));
         private_small.extend(r.memory);
         for (all, one) in cpu1.iter_mut().zip(r.cpu) {
@@ -403,13 +644,11 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         }
         rev_big.push(secs(revive_many(dirs, &big, 1).await?.wall));
     }
-    step.done();
-    let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
     let mut private4 = Vec::new();
     let mut cpu4 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
-        let r = revive_many(dirs, &small, 4).await?;
+        let r = revive_many(dirs, small, 4).await?;
         par4.push(secs(r.wall));
         private4.extend(r.memory);
         for (all, one) in cpu4.iter_mut().zip(r.cpu) {
@@ -417,99 +656,69 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
         }
     }
     step.done();
-    let step = progress.step(format!(
-        "`run -- true`, {n} times revived and {n} times cold"
-    ));
-    let mut warm = Vec::new();
-    let mut binary = Vec::new();
-    let mut split = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    let mut cold_ready = Vec::new();
-    let mut cold_total = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        let (o, _) = quiet_run(dirs, &small, &command(&["true"])).await?;
-        warm.push(secs(t.elapsed()));
-        binary.push(run_binary(&small.manifest.id).await?);
-        split[0].push(secs(o.timings.revive));
-        split[1].push(secs(o.timings.controller_ready));
-        split[2].push(secs(o.timings.command_started));
-        split[3].push(secs(o.timings.command_done));
-        let mut cold = command(&["true"]);
-        cold.session.cold = true;
-        let t = Instant::now();
-        let (o, _) = quiet_run(dirs, &small, &cold).await?;
-        cold_total.push(secs(t.elapsed()));
-        cold_ready.push(secs(o.timings.revive));
-    }
-    step.done();
-    let step =
-        progress.step("write throughput: 100 MiB to a shared directory and to the guest's disk");
-    let out_dir = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
-    let mut shared = Vec::new();
-    let mut local = Vec::new();
-    for _ in 0..n.min(3) {
-        shared.push(write_throughput(dirs, &small, "/out", Some(out_dir.path())).await?);
-        local.push(write_throughput(dirs, &small, "/root", None).await?);
-    }
-    step.done();
-    // git must be in the guest: a base of its own (cached like the others).
-    let with_git = base_with_packages(dirs, opts.small_mib, opts.accel, &["git"], progress).await?;
-    let step = progress.step(format!(
-        "a {}-file git tree: find + stat and git status, shared read-only and on the guest's disk",
-        TREE_DIRS * TREE_FILES
-    ));
-    let tree = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
-    make_tree(tree.path())?;
-    let walks = tree_walks(dirs, &with_git, tree.path()).await?;
-    step.done();
-
-    let (rs, rb, p4, cr) = (
-        median(rev_small),
-        median(rev_big),
-        median(par4),
-        median(cold_ready),
-    );
+    let (rs, rb, p4) = (median(rev_small), median(rev_big), median(par4));
     let m = &small.manifest;
-    row(
-        "revive to running (1 pair)",
-        format!("{:.3} s", rs),
-        "<= 0.3 s",
-    );
-    row("cold boot to ready (same pair)", format!("{:.2} s", cr), "");
-    row("  cold / revive", format!("{:.0}x", cr / rs), ">= 10x");
-    row(
-        &format!("revive, {} MiB guest", opts.big_mib),
-        format!("{:.3} s", rb),
-        "",
-    );
-    row(
-        &format!("  {} MiB / {} MiB revive", opts.big_mib, opts.small_mib),
-        format!("{:.2}", rb / rs),
-        "<= 1.2",
-    );
-    row("4 parallel revives, wall", format!("{:.3} s", p4), "");
-    row("  4 parallel / 1", format!("{:.2}", p4 / rs), "<= 2");
+    let mut rows = vec![
+        Row::new(
+            "revive_s",
+            "revive to running (guest + controller)",
+            rs,
+            "s",
+            "<= 0.15 s",
+        ),
+        Row::new(
+            "revive_big_s",
+            &format!("revive, {} MiB guest", opts.big_mib),
+            rb,
+            "s",
+            "",
+        ),
+        Row::new(
+            "revive_big_vs_small",
+            &format!("  {} MiB / {} MiB", opts.big_mib, opts.small_mib),
+            rb / rs,
+            "x",
+            "<= 1.2",
+        ),
+        Row::new(
+            "revive_4_parallel_s",
+            "4 parallel revives, wall",
+            p4,
+            "s",
+            "",
+        ),
+        Row::new(
+            "revive_4_parallel_vs_1",
+            "  4 parallel / 1",
+            p4 / rs,
+            "x",
+            "<= 2 (cores)",
+        ),
+    ];
     // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how
     // many revives fit in the time of one.
     let cpu_split = |cpu: [Vec<f64>; 3]| {
         let [a, b, c] = cpu.map(median);
-        format!("{a:.3} + {b:.3} + {c:.3} = {:.3} CPU-s", a + b + c)
+        format!("{a:.3} | {b:.3} | {c:.3} = {:.3} CPU-s", a + b + c)
     };
-    row(
-        "  CPU per revive, 1 | 4 parallel",
-        format!("{} | {}", cpu_split(cpu1), cpu_split(cpu4)),
+    rows.push(Row::text(
+        "revive_cpu_split",
+        "CPU per revive: guestbox + qemu-img | guest QEMU | controller QEMU",
+        cpu_split(cpu1),
         "",
-    );
-    row(
-        "    (guestbox and qemu-img + guest QEMU + controller QEMU)",
-        String::new(),
+    ));
+    rows.push(Row::text(
+        "revive_cpu_split_4",
+        "  the same, 4 revives at once",
+        cpu_split(cpu4),
         "",
-    );
+    ));
     let priv_kib = median(private4.iter().map(|m| m.0 as f64).collect());
     let pss_kib = median(private4.iter().map(|m| m.1 as f64).collect());
     let priv1 = median(private_small.iter().map(|m| m.0 as f64).collect());
-    row(
-        "private memory per revived guest (4 parallel)",
+    rows.push(Row::text(
+        "private_memory_4",
+        "private memory per revived guest (4 at once)",
         format!(
             "{:.0} MiB of {} MiB ({:.1}%), PSS {:.0} MiB",
             priv_kib / 1024.0,
@@ -518,22 +727,24 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
             pss_kib / 1024.0
         ),
         "small fraction",
-    );
-    row(
-        "private memory, single revived guest",
-        format!("{:.0} MiB", priv1 / 1024.0),
+    ));
+    rows.push(Row::new(
+        "private_memory_1_mib",
+        "  private memory, one revived guest",
+        priv1 / 1024.0,
+        "MiB",
         "",
-    );
-    row(
-        "snapshot (both VMs) time",
-        format!(
-            "{:.3} s",
-            m.timings.get("snapshot").copied().unwrap_or(f64::NAN)
-        ),
+    ));
+    rows.push(Row::new(
+        "snapshot_s",
+        "snapshot of both VMs (at bootstrap)",
+        m.timings.get("snapshot").copied().unwrap_or(f64::NAN),
+        "s",
         "",
-    );
-    row(
-        "snapshot size (device state guest + controller)",
+    ));
+    rows.push(Row::text(
+        "snapshot_size",
+        "  device state, guest + controller",
         format!(
             "{} KiB + {} KiB",
             m.files.get(files::GUEST_STATE).map_or(0, |f| f.size / 1024),
@@ -542,72 +753,61 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
                 .map_or(0, |f| f.size / 1024)
         ),
         "",
-    );
-    let (w, c) = (median(warm), median(cold_total));
-    row(
-        "`guestbox run -- true` end to end",
-        format!("{:.3} s", w),
-        "<= 1.5 s",
-    );
-    row(
-        "  the same, as a user types it (the guestbox binary)",
-        format!("{:.3} s", median(binary)),
-        "",
-    );
-    row("`run --cold -- true` end to end", format!("{:.2} s", c), "");
-    row("  cold / revived run", format!("{:.1}x", c / w), ">= 5x");
-    row(
-        "  split: revived | controller ready | SSH session open, command started | done",
-        format!(
-            "{:.3} | {:.3} | {:.3} | {:.3} s",
-            median(split[0].clone()),
-            median(split[1].clone()),
-            median(split[2].clone()),
-            median(split[3].clone())
-        ),
-        "",
-    );
-    let (sh, lo) = (median(shared), median(local));
-    row(
-        "write 100 MiB to a shared dir (SMB)",
-        format!("{:.1} MiB/s", sh),
-        "",
-    );
-    row(
-        "write 100 MiB to the guest's disk",
-        format!("{:.1} MiB/s", lo),
-        "",
-    );
-    row(
-        "  shared / local",
-        format!("{:.0}%", sh / lo * 100.0),
-        ">= 80%",
-    );
-    let files = TREE_DIRS * TREE_FILES;
-    let [find_sh, git_sh, find_lo, git_lo] = walks;
-    row(
-        &format!("find + stat, {files} files: shared (ro) | guest's disk"),
-        format!("{find_sh:.2} | {find_lo:.2} s"),
-        "",
-    );
-    row("  shared / local", format!("{:.1}x", find_sh / find_lo), "");
-    row(
-        &format!("git status, {files} files: shared (ro) | guest's disk"),
-        format!("{git_sh:.2} | {git_lo:.2} s"),
-        "",
-    );
-    row("  shared / local", format!("{:.1}x", git_sh / git_lo), "");
-    Ok(rows)
+    ));
+    Ok((rows, rs))
 }
 
+/// The rows as JSON or as a table.
+pub fn report(rows: &[Row], title: &str, json: bool) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "title": title,
+            "rows": rows,
+        }))
+        .ctx(|| "printing the rows")?;
+        println!("{text}");
+    } else {
+        print_table(rows, title);
+    }
+    Ok(())
+}
+
+/// The rows as a table: what (wrapped at a readable width), value, target.
 pub fn print_table(rows: &[Row], title: &str) {
-    let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
+    const WHAT: usize = 58;
     let v = rows.iter().map(|r| r.value.len()).max().unwrap_or(10);
     println!("guestbox bench: {title}");
-    println!("{:<w$}  {:>v$}  target", "measure", "value");
+    println!("{:<WHAT$}  {:>v$}  target", "measure", "value");
     for r in rows {
-        println!("{:<w$}  {:>v$}  {}", r.what, r.value, r.target);
+        let lines = wrap(&r.what, WHAT);
+        let (last, first) = lines
+            .split_last()
+            .map_or((&r.what, &[][..]), |(l, f)| (l, f));
+        for l in first {
+            println!("{l}");
+        }
+        println!("{last:<WHAT$}  {:>v$}  {}", r.value, r.target);
     }
+}
+
+/// Words of `text` in lines of at most `width` (a longer word stands alone); continuation
+/// lines keep the first line's indent plus two.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let indent = text.len() - text.trim_start().len();
+    let mut lines = Vec::new();
+    let mut line = " ".repeat(indent);
+    for word in text.split_whitespace() {
+        if line.trim().is_empty() {
+            line.push_str(word);
+        } else if line.len() + 1 + word.len() <= width {
+            line.push(' ');
+            line.push_str(word);
+        } else {
+            lines.push(std::mem::replace(&mut line, " ".repeat(indent + 2) + word));
+        }
+    }
+    lines.push(line);
+    lines
 }
 
 /// Entries in a directory (open descriptors in /proc/self/fd, ...); 0 if unreadable.
@@ -644,13 +844,8 @@ pub async fn reliability(
 ) -> Result<Vec<Row>> {
     let base = base_with(dirs, 1024, accel, progress).await?;
     let mut rows = Vec::new();
-    let mut row = |what: String, value: String| {
-        rows.push(Row {
-            what,
-            value,
-            target: String::new(),
-        })
-    };
+    let mut row =
+        |what: String, value: String| rows.push(Row::text(&slug(&what), &what, value, ""));
 
     let step = progress.step(format!("{parallel} runs in parallel from one base"));
     let outs = (0..parallel)

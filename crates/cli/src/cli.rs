@@ -53,6 +53,128 @@ pub enum Command {
     Bench(BenchArgs),
     /// Open an interactive shell (with a terminal) in a revived guest.
     Shell(ShellArgs),
+    /// Check this host and a base: programs, KVM, space; unique randomness, the clock, a
+    /// share's POSIX fidelity, no route out. Exits 1 naming what failed.
+    Doctor(DoctorArgs),
+    /// Join a Bazel Remote Execution farm as a bot whose actions run in revived guests.
+    Worker(WorkerArgs),
+    /// GitLab Runner custom executor driver: config, prepare, run, cleanup.
+    Gitlab(GitlabArgs),
+    /// Nix's builder for derivations made by nix/guestbox.nix (reads the derivation's
+    /// attributes from the environment).
+    #[command(hide = true)]
+    NixBuilder,
+}
+
+impl Command {
+    /// Whether the command handles SIGTERM and SIGINT itself (instead of stopping at once).
+    pub fn handles_signals(&self) -> bool {
+        matches!(self, Command::Worker(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The base to check [default: the default base, if there is one].
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Revives for the randomness check.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub revives: u32,
+}
+
+/// `guestbox gitlab`: the stages of GitLab Runner's custom executor (`[runners.custom]`
+/// config_exec, prepare_exec, run_exec, cleanup_exec). Reads the job from the runner's
+/// environment (CUSTOM_ENV_CI_RUNNER_ID, CUSTOM_ENV_CI_JOB_ID, ...); exits with
+/// BUILD_FAILURE_EXIT_CODE when the job failed and SYSTEM_FAILURE_EXIT_CODE when guestbox did.
+#[derive(Debug, Args)]
+pub struct GitlabArgs {
+    #[command(subcommand)]
+    pub stage: GitlabStage,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitlabStage {
+    /// config_exec: print the builds and cache directories (host directories, shared into
+    /// the guest at the same paths) and the driver.
+    Config,
+    /// prepare_exec: revive the job's base and keep it for the job's later stages.
+    Prepare(GitlabPrepareArgs),
+    /// run_exec: run one stage's script in the job's guest (bash, output live); the stages
+    /// that fetch and store sources, caches and artifacts run on the host.
+    Run {
+        /// The script GitLab Runner wrote for the stage.
+        script: PathBuf,
+        /// The stage's name (prepare_script, get_sources, step_script, after_script, ...).
+        stage: String,
+    },
+    /// cleanup_exec: discard the job's guest and its builds directory.
+    Cleanup,
+    /// The per-job process that holds the guest (started by prepare).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GitlabPrepareArgs {
+    /// The base for jobs that name none. A job names one with the variable GUESTBOX_BASE
+    /// or, failing that, its image: (first match wins: GUESTBOX_BASE, image, --base).
+    #[arg(long, value_name = "BASE")]
+    pub base: Option<String>,
+    /// The guest goes away after this long without a stage (a runner that died).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// The guest goes away after this long whatever happens [default: the job's timeout
+    /// (CI_JOB_TIMEOUT, else 3 h) plus 10 minutes].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub job_dir: PathBuf,
+    /// The base's id.
+    #[arg(long)]
+    pub base: String,
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: std::time::Duration,
+}
+
+/// `guestbox worker`: a Remote Workers API bot (BuildGrid and other REAPI farms).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The farm's bots endpoint (plain-text gRPC).
+    #[arg(long, value_name = "grpc://HOST:PORT")]
+    pub reapi: String,
+    /// The REAPI instance name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub instance: String,
+    /// A base to run actions in (name or id; repeatable). Each is advertised as the platform
+    /// property guestbox-base=<its id>, with OSFamily of its profile.
+    #[arg(long = "base", value_name = "BASE", required = true)]
+    pub bases: Vec<String>,
+    /// Actions run at once (each in its own revived guest).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// On SIGTERM/SIGINT, how long running actions may take before they are stopped and
+    /// given back to the farm [default: as long as they take]. A second signal stops them
+    /// at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+    /// Where input roots are laid out [default: worker/ in guestbox's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// This bot's id in the farm [default: HOSTNAME-PID].
+    #[arg(long, value_name = "ID")]
+    pub bot_id: Option<String>,
+    /// How long one long-poll for work lasts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub poll_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +346,13 @@ pub struct JobArgs {
     /// Leave the guest's clock where the snapshot froze it (default: set it to host time).
     #[arg(long)]
     pub keep_snapshot_time: bool,
+    /// INSECURE, for debugging a flaky build only: replay the snapshot's randomness bit
+    /// for bit. Every run then sees the same random numbers, keys, tokens and UUIDs as
+    /// every other run of this base (processes that run side by side may still take them
+    /// in another order). By default each revive is a new VM generation and the guest's
+    /// kernel is reseeded from the host before the command starts.
+    #[arg(long)]
+    pub replay_snapshot_randomness: bool,
     #[command(flatten)]
     pub image: ImageArgs,
     #[command(flatten)]
@@ -275,6 +404,12 @@ pub struct BenchArgs {
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
+    /// Only these sections (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<crate::bench::Section>,
+    /// The rows as JSON (key, what, value, number, unit, target) instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// Runs at once for --soak's load figure.
     #[arg(long, default_value_t = 8, requires = "soak")]
     pub parallel: usize,

@@ -117,10 +117,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     &progress,
                 )
                 .await?;
-                crate::bench::print_table(
+                crate::bench::report(
                     &rows,
                     &format!("reliability, accel {}", args.accel.name()),
-                );
+                    args.json,
+                )?;
                 return Ok(0);
             }
             let opts = crate::bench::BenchOptions {
@@ -128,15 +129,23 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 small_mib: 1024,
                 big_mib: args.big_memory,
                 accel: args.accel.into(),
+                only: args.only.clone(),
             };
             let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
-            crate::bench::print_table(
+            crate::bench::report(
                 &rows,
                 &format!("medians of {} runs, accel {}", args.runs, args.accel.name()),
-            );
+                args.json,
+            )?;
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,
+        Command::Doctor(args) => {
+            crate::doctor::doctor(args.base.as_deref(), args.revives, &progress).await
+        }
+        Command::Worker(args) => crate::worker::worker(args).await,
+        Command::Gitlab(args) => crate::gitlab::gitlab(args).await,
+        Command::NixBuilder => crate::nix::nix_builder().await,
     }
 }
 
@@ -156,7 +165,7 @@ fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
 }
 
 /// The name the default Debian base gets, so later runs find it without re-deriving it.
-const DEFAULT_BASE: &str = "default";
+pub(crate) const DEFAULT_BASE: &str = "default";
 
 async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Result<Base> {
     let store = store()?;
@@ -246,6 +255,7 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
             xchg: None,
             cold: job.cold,
             boot_timeout: Duration::from_secs(600),
+            replay_snapshot_randomness: job.replay_snapshot_randomness,
         },
         command: JobCommand {
             argv,
@@ -273,6 +283,7 @@ async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
         },
         stdout: &mut stdout,
         stderr: &mut stderr,
+        window: None,
     };
     let outcome = run::run(&store()?, &base, &opts, &mut streams).await?;
     if args.timings {
@@ -289,20 +300,35 @@ async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
 }
 
 async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
-    let size = crate::terminal::size();
-    // The SSH master cannot see our terminal's size through the agent's pipes: the
-    // guest's terminal is sized by the shell command itself.
-    let start = format!(
-        "stty rows {} cols {} 2>/dev/null; if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi",
-        size.0, size.1
-    );
-    let (base, mut opts) = job(&args.job, vec!["sh".into(), "-c".into(), start], progress).await?;
-    opts.command.tty = Some(
-        std::env::var("TERM")
+    let start = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
+    let (base, mut opts) = job(
+        &args.job,
+        vec!["sh".into(), "-c".into(), start.into()],
+        progress,
+    )
+    .await?;
+    let (rows, cols) = crate::terminal::size();
+    opts.command.tty = Some(run::Terminal {
+        term: std::env::var("TERM")
             .ok()
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| "vt100".into()),
-    );
+        rows,
+        cols,
+    });
+    // The guest's terminal follows ours: every SIGWINCH sends the new size.
+    let (window_tx, window) = tokio::sync::watch::channel((rows, cols));
+    let resizes = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut winch) = signal(SignalKind::window_change()) else {
+            return;
+        };
+        while winch.recv().await.is_some() {
+            if window_tx.send(crate::terminal::size()).is_err() {
+                return;
+            }
+        }
+    });
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut stdin = tokio::io::stdin();
@@ -312,8 +338,10 @@ async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
         stdin: Some(&mut stdin),
         stdout: &mut stdout,
         stderr: &mut stderr,
+        window: Some(window),
     };
     let outcome = run::run(&store, &base, &opts, &mut streams).await;
+    resizes.abort();
     drop(raw);
     Ok(outcome?.exit_code)
 }

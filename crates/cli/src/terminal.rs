@@ -36,15 +36,16 @@ impl Drop for RawMode {
     }
 }
 
-/// (rows, columns) of the terminal on stdout, 24x80 when there is none.
+/// (rows, columns) of our terminal (stdin's, else stdout's), 24x80 when there is none.
 pub fn size() -> (u16, u16) {
-    // SAFETY: winsize is plain data that the ioctl fills.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
-            (ws.ws_row, ws.ws_col)
-        } else {
-            (24, 80)
+    for fd in [0, 1] {
+        // SAFETY: winsize is plain data that the ioctl fills.
+        unsafe {
+            let mut ws: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+                return (ws.ws_row, ws.ws_col);
+            }
         }
     }
+    (24, 80)
 }

@@ -19,7 +19,7 @@ use crate::images::{self, kernel_append, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
 use crate::machine::qemu::{self, QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
-use crate::pair::{PairConfig, PairFiles, PairSockets, RamMode, RunDir};
+use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::store::{self, files, Base, Manifest, Secrets, Store, BASE_FORMAT};
@@ -37,6 +37,9 @@ pub struct BootstrapOptions {
 }
 
 pub const CONTROLLER_MEMORY_MIB: u64 = 256;
+/// How long the pair idles after setup before it is frozen (see `lifecycle::settle`):
+/// longer than the guest kernel's periodic housekeeping that setup sets off.
+const SETTLE_QUIET: Duration = Duration::from_secs(3);
 /// The guest's clock at every cold boot, as in the original (`-rtc base=2010-01-01`).
 pub const RTC_BASE: &str = "2010-01-01";
 
@@ -231,13 +234,15 @@ async fn build(
         controller: dir.join(files::CONTROLLER_RAM),
     };
     let shares = lifecycle::idle_shares(sockets_dir.path())?;
-    let (guest, controller) = lifecycle::start(
-        qemu,
-        pair.guest_spec(&files, &ram, &sockets),
-        pair.controller_spec(&files, &ram, &sockets, &shares),
-        opts.timeout,
-    )
-    .await?;
+    let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
+    let controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+    // Only the guest gets a VM Generation ID: the job's randomness is the guest's. (The
+    // controller's kernel would reseed too, but its notification costs a revived TCG
+    // controller ~0.1 CPU-s of ACPI interpretation per run, and nothing of a job draws on
+    // it: the SSH and SMB sessions it serves were keyed at bootstrap either way.)
+    guest_spec.generation_id = Some(generation(id, false));
+    let (guest, controller) =
+        lifecycle::start(qemu, guest_spec, controller_spec, opts.timeout).await?;
     step.done();
     timings.insert("boot".into(), t.elapsed().as_secs_f64());
 
@@ -254,6 +259,7 @@ async fn build(
         },
     )
     .await?;
+    lifecycle::settle(&sockets, opts.profile.settle_script()?, SETTLE_QUIET).await?;
     step.done();
     timings.insert("setup".into(), t.elapsed().as_secs_f64());
 

@@ -112,6 +112,7 @@ pub async fn boot_to_ready(
         console_log: dir.join("console.log"),
         qmp_socket: sockets.socket("qmp.sock"),
         rtc: Rtc::default(),
+        generation_id: None,
         incoming: false,
         inherit: sockets.inherit(),
     };

@@ -27,5 +27,7 @@ pub mod store;
 
 /// The controller's agent, a static executable built by build.rs.
 pub const AGENT: &[u8] = include_bytes!(env!("GUESTBOX_AGENT_PATH"));
+/// The Linux guest's exec helper and login shell (`guestbox-exec`), built likewise.
+pub const EXEC_HELPER: &[u8] = include_bytes!(env!("GUESTBOX_EXEC_PATH"));
 
 pub use error::{Error, IoContext, Result};

@@ -103,6 +103,7 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
             stdin: None,
             stdout: &mut out,
             stderr: &mut err,
+            window: None,
         };
         guestbox::run::run(&store2, &base, &common::cmd(&["sleep", "4"]), &mut streams).await
     });

@@ -118,6 +118,7 @@ async fn revive_error(store: &Store, base: &Base) -> guestbox::Error {
         stdin: None,
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     match guestbox::run::run(store, base, &cmd(&["true"]), &mut streams).await {
         Ok(o) => panic!("a damaged base revived (exit {})", o.exit_code),
@@ -630,6 +631,7 @@ async fn full_disk_during_a_run(cold: bool) {
         stdin: None,
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     let e = guestbox::run::run(&store, base, &o, &mut streams)
         .await

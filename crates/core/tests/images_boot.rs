@@ -81,6 +81,7 @@ fn guest_spec(dir: &std::path::Path, init: &str, disk: std::path::PathBuf) -> Vm
         console_log: dir.join("console.log"),
         qmp_socket: dir.join("qmp.sock"),
         rtc: Rtc::default(),
+        generation_id: None,
         incoming: false,
         inherit: None,
     }

@@ -315,6 +315,7 @@ async fn stdin_is_forwarded_when_asked_and_empty_otherwise() {
         stdin: Some(&mut input),
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     let outcome = guestbox::run::run(&common::store(), common::base(), &o, &mut streams)
         .await
@@ -327,4 +328,67 @@ async fn stdin_is_forwarded_when_asked_and_empty_otherwise() {
     // Without stdin the command sees EOF at once, never a hang.
     let r = run(cmd(&["sh", "-c", "cat; echo eof"])).await.unwrap();
     assert_eq!(r.stdout, "eof\n");
+}
+
+/// A command killed by a signal exits 128 + N with the signal named, as a shell and docker
+/// report it — not guestbox's own 125.
+#[tokio::test]
+async fn a_command_killed_by_a_signal_exits_128_plus_n_and_says_so() {
+    for (signal, code) in [("SEGV", 139), ("KILL", 137), ("TERM", 143)] {
+        let r = run(cmd(&[
+            "sh",
+            "-c",
+            &format!("echo before; kill -{signal} $$"),
+        ]))
+        .await
+        .unwrap_or_else(|e| panic!("SIG{signal}: {e}"));
+        assert_eq!(r.code, code, "SIG{signal}: {}", r.stderr);
+        assert_eq!(r.stdout, "before\n");
+        assert!(
+            r.stderr
+                .contains(&format!("guestbox: the command was killed by SIG{signal}")),
+            "SIG{signal}: {}",
+            r.stderr
+        );
+    }
+}
+
+/// What one revive's guest says of its randomness: urandom bytes, a getrandom-made name
+/// (mktemp), a fresh UUID and the boot id. One process after another, no pipes: every
+/// exec takes kernel randomness too (AT_RANDOM, ASLR), so processes running side by side
+/// would take it in an order of the scheduler's choosing.
+async fn randomness(replay: bool) -> Vec<String> {
+    let mut o = cmd(&[
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/tmp/r bs=16 count=1 2>/dev/null; od -An -tx1 /tmp/r; \
+         mktemp -u /tmp/XXXXXXXXXXXX; cat /proc/sys/kernel/random/uuid; \
+         cat /proc/sys/kernel/random/boot_id",
+    ]);
+    o.session.replay_snapshot_randomness = replay;
+    o.command.keep_snapshot_time = replay;
+    let r = run(o).await.unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout.lines().map(str::to_string).collect()
+}
+
+/// Every revive of a base is a new machine as far as randomness goes: eight revives give
+/// eight different values of each kind. The opt-in replay gives the snapshot's, identical.
+#[tokio::test]
+async fn every_revive_has_its_own_randomness_unless_replay_is_asked_for() {
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(randomness(false).await);
+    }
+    for (kind, what) in ["urandom", "getrandom (mktemp)", "uuid", "boot_id"]
+        .iter()
+        .enumerate()
+    {
+        let values: std::collections::BTreeSet<&String> = runs.iter().map(|r| &r[kind]).collect();
+        assert_eq!(values.len(), 8, "{what}: {runs:?}");
+    }
+    let first = randomness(true).await;
+    for _ in 0..2 {
+        assert_eq!(randomness(true).await, first, "replay differs");
+    }
 }

@@ -1232,6 +1232,8 @@ fn qemu_knows_the_hyperv_enlightenments() {
 
 fn job(work: &Path) -> GuestJob {
     GuestJob {
+        seed: None,
+        stdin: false,
         time: Some(1_700_000_000),
         mounts: vec![
             GuestMount {
@@ -1344,6 +1346,8 @@ fn run_script_fails_with_125_when_a_volume_cannot_be_mounted() {
 #[test]
 fn run_script_without_volumes_needs_no_share() {
     let j = GuestJob {
+        seed: None,
+        stdin: false,
         time: None,
         mounts: vec![],
         env: vec![],

@@ -11,10 +11,12 @@
 //! - [`shares`]: the controller's 9p tags (exchange dir and volume slots) and the SMB share.
 //! - [`markers`]: lines the VMs print on their consoles at each stage.
 //! - [`proto`]: the host ↔ agent protocol (frames and messages) on the control port.
+//! - [`job`]: one job as the guest's exec helper receives it over SSH.
 //!
 //! Images, the agent, guest profiles and the Windows media all take these values from here;
 //! scripts that run inside the VMs get them formatted in, never as a second literal.
 
+pub mod job;
 pub mod markers;
 pub mod net;
 pub mod proto;

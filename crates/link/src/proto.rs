@@ -22,6 +22,9 @@ pub enum FrameKind {
     Stderr = 3,
     /// Host → agent: the job's standard input; an empty payload closes it.
     Stdin = 4,
+    /// Host → agent: the host terminal's new size, rows then columns (two big-endian
+    /// u16), for a job with a terminal.
+    Resize = 5,
 }
 
 impl FrameKind {
@@ -31,6 +34,7 @@ impl FrameKind {
             2 => Some(Self::Stdout),
             3 => Some(Self::Stderr),
             4 => Some(Self::Stdin),
+            5 => Some(Self::Resize),
             _ => None,
         }
     }
@@ -90,6 +94,28 @@ pub struct Run {
 pub struct Tty {
     /// `$TERM` for the guest.
     pub term: String,
+    /// The host terminal's size when the job starts (0: unknown).
+    #[serde(default)]
+    pub rows: u16,
+    #[serde(default)]
+    pub cols: u16,
+}
+
+/// The payload of a [`FrameKind::Resize`] frame.
+pub fn resize_payload(rows: u16, cols: u16) -> [u8; 4] {
+    let (r, c) = (rows.to_be_bytes(), cols.to_be_bytes());
+    [r[0], r[1], c[0], c[1]]
+}
+
+/// `(rows, cols)` of a [`FrameKind::Resize`] frame.
+pub fn parse_resize(payload: &[u8]) -> Option<(u16, u16)> {
+    match payload {
+        [r0, r1, c0, c1] => Some((
+            u16::from_be_bytes([*r0, *r1]),
+            u16::from_be_bytes([*c0, *c1]),
+        )),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

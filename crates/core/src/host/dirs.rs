@@ -18,7 +18,10 @@ pub struct Dirs {
 impl Dirs {
     pub fn from_env() -> Result<Self> {
         if let Some(home) = std::env::var_os("GUESTBOX_HOME").filter(|h| !h.is_empty()) {
-            let home = PathBuf::from(home);
+            // Absolute: paths under it are handed to QEMU and recorded in overlays (a
+            // relative backing file would be taken relative to the overlay).
+            let home = std::path::absolute(PathBuf::from(&home))
+                .ctx(|| format!("GUESTBOX_HOME {}", PathBuf::from(&home).display()))?;
             return Ok(Self::under(home));
         }
         let cache = dirs::cache_dir().ok_or_else(|| {

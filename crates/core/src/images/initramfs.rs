@@ -73,12 +73,18 @@ if [ -x /bin/guestbox-agent ]; then
     mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount /run"
     cp /bin/guestbox-agent /newroot/run/guestbox-agent || fail "cannot install the agent"
 fi
+if [ -x /bin/guestbox-exec ]; then
+    mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount /run"
+    mkdir -p /newroot{run_dir} && cp /bin/guestbox-exec /newroot{exec} || fail "cannot install the exec helper"
+fi
 mount --move /dev /newroot/dev
 umount /proc /sys
 exec switch_root /newroot "$init"
 "#,
         failed = markers::BOOT_FAILED,
         probe = markers::PROBE_OK,
+        run_dir = link::job::GUEST_RUN_DIR,
+        exec = link::job::EXEC_HELPER,
     )
 }
 
@@ -94,6 +100,7 @@ const APPLETS: &[&str] = &[
     "echo",
     "sync",
     "cp",
+    "mkdir",
 ];
 
 #[derive(Serialize)]
@@ -118,7 +125,7 @@ pub async fn ensure(cache: &ArtifactCache, kernel: &Kernel, role: Role) -> Resul
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| kernel.dir.display().to_string()),
             ),
-            agent: (role == Role::Controller).then(crate::store::agent_id),
+            agent: Some(crate::store::agent_id()),
         },
         role,
         init: init_script(),
@@ -148,11 +155,13 @@ pub fn build(kernel: &Kernel, role: Role) -> Result<Vec<u8>> {
     for applet in APPLETS {
         fs_.symlink(&format!("bin/{applet}"), "busybox")?;
     }
-    if role == Role::Controller {
-        // The agent rides in the initramfs so that the controller's disk does not change
-        // (and need not be rebuilt) whenever guestbox does.
-        fs_.file("bin/guestbox-agent", 0o755, crate::AGENT.to_vec())?;
-    }
+    // guestbox's own programs ride in the initramfs so that the disks do not change (and
+    // need not be rebuilt) whenever guestbox does.
+    let (program, bytes) = match role {
+        Role::Controller => ("bin/guestbox-agent", crate::AGENT),
+        Role::Guest => ("bin/guestbox-exec", crate::EXEC_HELPER),
+    };
+    fs_.file(program, 0o755, bytes.to_vec())?;
     let order = kernel.load_order(&role.modules());
     for name in &order {
         let path = kernel

@@ -47,12 +47,12 @@ fn guest_rc() -> String {
     format!(
         r#"#!/bin/sh
 # guestbox's Debian guest: pseudo filesystems, the private link, sshd. Nothing else runs.
+# (/run is a tmpfs the initramfs mounted, holding guestbox's exec helper.)
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
-mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 hostname guestbox-guest
 ip link set lo up
@@ -271,15 +271,16 @@ async fn customize_guest(root: &Path, out: &Path) -> Result<()> {
     write_file(&root.join("etc/guestbox/init"), GUEST_INIT, 0o755)?;
     write_file(&root.join("etc/guestbox/rc"), &guest_rc(), 0o755)?;
     write_file(&root.join("etc/hostname"), "guestbox-guest\n", 0o644)?;
-    // Jobs run through root's login shell: dash starts far faster than bash, and every
-    // start is paid again in a revived guest under emulation.
+    // Jobs run through root's login shell, which is guestbox's exec helper: sshd hands it
+    // the job directly, with no shell started in between (every start is paid again in a
+    // revived guest under emulation); anything else it passes to /bin/sh (dash).
     let passwd = root.join("etc/passwd");
     let text = fs::read_to_string(&passwd).ctx(|| "reading etc/passwd")?;
     let text: String = text
         .lines()
         .map(
             |l| match l.strip_prefix("root:").and_then(|r| r.rsplit_once(':')) {
-                Some((fields, _shell)) => format!("root:{fields}:/bin/sh\n"),
+                Some((fields, _shell)) => format!("root:{fields}:{}\n", link::job::EXEC_HELPER),
                 None => format!("{l}\n"),
             },
         )

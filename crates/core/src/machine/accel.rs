@@ -116,6 +116,40 @@ pub async fn resolve(
     })
 }
 
+/// What is known of KVM here without starting anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// `/dev/kvm` cannot be used (the reason).
+    NoDevice(String),
+    /// The cached probe booted a test guest under KVM.
+    Works,
+    /// The cached probe's guest did not run (the reason).
+    Hangs(String),
+    /// `/dev/kvm` opens, and no probe ran on this host boot yet.
+    NotProbed,
+}
+
+/// The KVM verdict as far as it is known: the device, then the probe's cached answer.
+pub fn known_verdict(dirs: &Dirs) -> Known {
+    if let Err(reason) = kvm_device_usable() {
+        return Known::NoDevice(reason);
+    }
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    match fs::read(dirs.cache.join("kvm-probe.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Verdict>(&t).ok())
+    {
+        Some(v) if v.key.starts_with(boot_id.trim()) => {
+            if v.kvm_works {
+                Known::Works
+            } else {
+                Known::Hangs(v.reason)
+            }
+        }
+        _ => Known::NotProbed,
+    }
+}
+
 fn kvm_device_usable() -> std::result::Result<(), String> {
     fs::OpenOptions::new()
         .read(true)
@@ -152,6 +186,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         console_log: dir.path().join("console.log"),
         qmp_socket: short.join("qmp.sock"),
         rtc: Rtc::default(),
+        generation_id: None,
         incoming: false,
         inherit: Some(short.clone()),
     };

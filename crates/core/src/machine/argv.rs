@@ -217,6 +217,13 @@ impl VmSpec {
             "-qmp",
             format!("unix:{},server=on,wait=off", value(&self.qmp_socket)?),
         );
+        match &self.generation_id {
+            Some(GenerationId::Fixed { guid }) => {
+                push("-device", format!("vmgenid,guid={guid}"));
+            }
+            Some(GenerationId::Fresh) => push("-device", "vmgenid,guid=auto".to_string()),
+            None => {}
+        }
         if self.incoming {
             push("-incoming", "defer".to_string());
         }
@@ -261,6 +268,7 @@ mod tests {
             console_log: "/r/console.log".into(),
             qmp_socket: "/r/qmp.sock".into(),
             rtc: Rtc::default(),
+            generation_id: None,
             incoming: false,
             inherit: None,
         }

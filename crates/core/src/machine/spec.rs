@@ -56,6 +56,9 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     pub qmp_socket: PathBuf,
     pub rtc: Rtc,
+    /// A VM Generation ID device (`vmgenid`): guests reseed their random generators when
+    /// it changes, as it does when a snapshot is revived with a fresh one.
+    pub generation_id: Option<GenerationId>,
     /// Start paused, waiting for `migrate-incoming` (revive from a snapshot).
     pub incoming: bool,
     /// A directory QEMU inherits, so that paths through [`ShortDir::join`] work in it.
@@ -153,6 +156,15 @@ pub struct Share9p {
     pub tag: String,
     pub path: PathBuf,
     pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum GenerationId {
+    /// This GUID (the snapshot's own, to replay it exactly).
+    Fixed { guid: String },
+    /// A new GUID at every start (`guid=auto`): each revive is a new generation.
+    Fresh,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

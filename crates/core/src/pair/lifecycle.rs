@@ -95,6 +95,57 @@ pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<()> {
     }
 }
 
+/// Lets the pair come to rest before it is frozen: runs `script` (a job for the guest,
+/// e.g. `sync`) through the same path a revived pair's jobs take, then waits `quiet`.
+/// Whatever the guest and controller would otherwise still be busy with after setup —
+/// dirty pages to write back, journal commits, first uses of the job path's code — is then
+/// done once here instead of in every revive, where under emulation each costs a burst of
+/// translation.
+pub async fn settle(sockets: &PairSockets, script: String, quiet: Duration) -> Result<()> {
+    let mut channel = connect(sockets).await?;
+    channel
+        .send(&proto::Request::Run(proto::Run {
+            time: None,
+            mounts: vec![],
+            script,
+            stdin: false,
+            tty: None,
+        }))
+        .await?;
+    let console = sockets.console("controller");
+    loop {
+        match tokio::time::timeout(SETUP_TIMEOUT, channel.next_event()).await {
+            Ok(Ok(proto::Event::Exit { code: 0 })) => break,
+            Ok(Ok(proto::Event::Exit { code })) => {
+                return Err(Error::Controller {
+                    message: format!("the guest's settling job ended with {code}"),
+                    tail: tail_of_file(&console, 15),
+                    console,
+                })
+            }
+            Ok(Ok(proto::Event::Error { message })) => {
+                return Err(Error::Controller {
+                    message,
+                    tail: tail_of_file(&console, 15),
+                    console,
+                })
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::ControllerTimeout {
+                    what: "the guest's settling job",
+                    seconds: SETUP_TIMEOUT.as_secs(),
+                    tail: tail_of_file(&console, 15),
+                    console,
+                })
+            }
+        }
+    }
+    tokio::time::sleep(quiet).await;
+    Ok(())
+}
+
 /// Freezes both VMs into state files, then quits them. Both are stopped before either is
 /// saved, so that neither sees the other vanish mid-exchange and their TCP state (the SSH
 /// master, the SMB session) survives the revive.

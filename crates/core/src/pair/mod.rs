@@ -19,8 +19,8 @@ use link::{net, proto};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::spec::{
-    Accel, Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, SerialPort,
-    Share9p, VmSpec,
+    Accel, Boot, DiskFormat, Drive, DriveInterface, GenerationId, Link, Memory, Nic, NicModel, Rtc,
+    SerialPort, Share9p, VmSpec,
 };
 pub use rundir::{PairSockets, RunDir, CONTROL_SOCKET};
 
@@ -39,6 +39,30 @@ pub struct PairConfig {
     pub controller_append: String,
     /// The guest's clock starts here at every cold boot (`-rtc base=`), as in the original.
     pub rtc_base: String,
+}
+
+/// The VM Generation ID a base's pair is frozen with: derived from the base's id, so a
+/// base stays content-addressed, and so `fresh = false` (replaying the snapshot exactly,
+/// randomness included) gives the generation it was frozen in. `fresh` gives each revive a
+/// new one: the guests' kernels then reseed their random generators.
+pub fn generation(base_id: &str, fresh: bool) -> GenerationId {
+    if fresh {
+        return GenerationId::Fresh;
+    }
+    let h = blake3::hash(format!("vmgenid {base_id}").as_bytes());
+    let b = h.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    GenerationId::Fixed {
+        guid: format!(
+            "{}-{}-{}-{}-{}",
+            hex(0..4),
+            hex(4..6),
+            hex(6..8),
+            hex(8..10),
+            hex(10..16)
+        ),
+    }
 }
 
 /// Where a pair's files are: the base's for bootstrap, a run's overlays for revive.
@@ -151,6 +175,7 @@ impl PairConfig {
                 base: self.rtc_base.clone(),
                 vm_clock: true,
             },
+            generation_id: None,
             incoming,
             inherit: sockets.inherit(),
         }
@@ -211,6 +236,7 @@ impl PairConfig {
                 base: self.rtc_base.clone(),
                 vm_clock: true,
             },
+            generation_id: None,
             incoming,
             inherit: sockets.inherit(),
         }

@@ -34,10 +34,15 @@ pub struct GuestJob {
     /// Host time to set in the guest first (seconds since the epoch); None keeps the
     /// snapshot's clock.
     pub time: Option<i64>,
+    /// Host random bytes (hex) the guest's kernel reseeds from before the command; None
+    /// replays the snapshot's randomness.
+    pub seed: Option<String>,
     pub mounts: Vec<GuestMount>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
     pub argv: Vec<String>,
+    /// The command reads the host's stdin (otherwise nothing).
+    pub stdin: bool,
 }
 
 impl Profile {
@@ -67,6 +72,20 @@ impl Profile {
         match self {
             Profile::Debian(_) => debian::setup_script(smb_password),
         }
+    }
+
+    /// The job that settles the guest before it is frozen (see `pair::lifecycle::settle`):
+    /// written data on disk, the job path used once.
+    pub fn settle_script(&self) -> Result<String> {
+        self.run_script(&GuestJob {
+            time: None,
+            seed: None,
+            mounts: vec![],
+            env: vec![],
+            workdir: None,
+            argv: vec!["sh".into(), "-c".into(), "sync".into()],
+            stdin: false,
+        })
     }
 
     /// The remote command line for one job.

@@ -22,6 +22,9 @@ pub struct Streams<'a> {
     pub stdin: Option<&'a mut (dyn AsyncRead + Unpin + Send)>,
     pub stdout: &'a mut (dyn AsyncWrite + Unpin + Send),
     pub stderr: &'a mut (dyn AsyncWrite + Unpin + Send),
+    /// The host terminal's size `(rows, cols)` as it changes, for a command with a
+    /// terminal ([`super::Command::tty`]).
+    pub window: Option<tokio::sync::watch::Receiver<(u16, u16)>>,
 }
 
 /// Sends `request` and pumps its streams until the agent reports the command's end.
@@ -47,19 +50,43 @@ pub async fn drive(
         stdin,
         stdout,
         stderr,
+        window,
     } = streams;
     let pump = async {
-        if let Some(input) = stdin {
-            started_signal.notified().await;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = input.read(&mut buf).await.ctx(|| "reading stdin")?;
-                write_frame(&mut to_agent, FrameKind::Stdin, &buf[..n])
-                    .await
-                    .map_err(lost)?;
-                if n == 0 {
-                    break;
+        started_signal.notified().await;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut input = stdin.as_mut();
+        loop {
+            tokio::select! {
+                read = async {
+                    match input.as_mut() {
+                        Some(i) => i.read(&mut buf).await,
+                        None => Ok(0),
+                    }
+                }, if input.is_some() => {
+                    let n = read.ctx(|| "reading stdin")?;
+                    write_frame(&mut to_agent, FrameKind::Stdin, &buf[..n])
+                        .await
+                        .map_err(lost)?;
+                    if n == 0 {
+                        input = None;
+                    }
                 }
+                changed = async { window.as_mut()?.changed().await.ok() }, if window.is_some() => {
+                    match changed {
+                        Some(()) => {
+                            let size = window.as_mut().map(|w| *w.borrow_and_update());
+                            if let Some((rows, cols)) = size {
+                                let payload = proto::resize_payload(rows, cols);
+                                write_frame(&mut to_agent, FrameKind::Resize, &payload)
+                                    .await
+                                    .map_err(lost)?;
+                            }
+                        }
+                        None => *window = None,
+                    }
+                }
+                else => break,
             }
         }
         std::future::pending::<Result<Ended>>().await
@@ -70,7 +97,7 @@ pub async fn drive(
             match kind {
                 FrameKind::Stdout => forward(stdout, &payload, "stdout").await?,
                 FrameKind::Stderr => forward(stderr, &payload, "stderr").await?,
-                FrameKind::Stdin => {}
+                FrameKind::Stdin | FrameKind::Resize => {}
                 FrameKind::Message => {
                     let event: Event =
                         serde_json::from_slice(&payload).map_err(|e| lost(ProtoError::Json(e)))?;

@@ -26,10 +26,10 @@ use tokio::io::AsyncWriteExt;
 pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
-use crate::host::programs;
+use crate::host::{fs::random_hex, programs};
 use crate::machine::{overlay, qemu, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
-use crate::pair::{ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
+use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::{GuestJob, GuestMount, Profile};
 use crate::store::{files, quick_check, Base, Store};
 use crate::{Error, IoContext, Result};
@@ -48,6 +48,10 @@ pub struct SessionOptions {
     pub cold: bool,
     /// Cold boot readiness timeout.
     pub boot_timeout: Duration,
+    /// INSECURE, for debugging only: revive with the snapshot's randomness, bit for bit (no
+    /// new VM generation, no reseed from the host), so every run sees the random numbers,
+    /// keys and UUIDs of every other.
+    pub replay_snapshot_randomness: bool,
 }
 
 /// One command in a session.
@@ -59,8 +63,19 @@ pub struct Command {
     pub timeout: Option<Duration>,
     /// Keep the guest's clock where the snapshot froze it instead of setting host time.
     pub keep_snapshot_time: bool,
-    /// Give the command a terminal in the guest with this `$TERM` (`guestbox shell`).
-    pub tty: Option<String>,
+    /// Give the command a terminal in the guest (`guestbox shell`).
+    pub tty: Option<Terminal>,
+}
+
+/// The terminal a command gets in the guest.
+#[derive(Debug, Clone, Default)]
+pub struct Terminal {
+    /// `$TERM` there.
+    pub term: String,
+    /// The host terminal's size when the command starts; later changes come through
+    /// [`Streams::window`].
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// `guestbox run`: one command in a fresh session.
@@ -103,6 +118,7 @@ pub struct Session {
     revive: Duration,
     /// Set once a command was cut off: the guest may still be running it.
     spent: bool,
+    replay_snapshot_randomness: bool,
     // Dropped after the VMs (declaration order): their files live in it.
     _run_dir: RunDir,
     _hold: File,
@@ -149,10 +165,15 @@ impl Session {
             path: xchg,
             readonly: false,
         };
-        let mut mounts = vec![proto::Mount {
-            tag: shares::XCHG_TAG.into(),
-            readonly: false,
-        }];
+        // The exchange directory only when asked for (`--xchg`): a 9p mount is paid in
+        // the controller at every run.
+        let mut mounts = Vec::new();
+        if opts.xchg.is_some() {
+            mounts.push(proto::Mount {
+                tag: shares::XCHG_TAG.into(),
+                readonly: false,
+            });
+        }
         let mut guest_mounts = Vec::new();
         for (slot, v) in volumes.iter().enumerate() {
             let tag = shares::volume_tag(slot);
@@ -171,9 +192,8 @@ impl Session {
                 readonly: v.volume.readonly,
             });
         }
-        let sockets = PairSockets::new(run_dir.path())?;
-        let (guest, controller) =
-            launch(&qemu, base, &profile, &run_dir, &sockets, &devices, opts).await?;
+        let (guest, controller, sockets) =
+            launch(&qemu, store, base, &profile, &run_dir, &devices, opts).await?;
         Ok(Session {
             profile,
             runs,
@@ -184,6 +204,7 @@ impl Session {
             started,
             revive: started.elapsed(),
             spent: false,
+            replay_snapshot_randomness: opts.replay_snapshot_randomness,
             _run_dir: run_dir,
             _hold: hold,
         })
@@ -223,19 +244,30 @@ impl Session {
                 .map(|d| d.as_secs() as i64)
         };
         let (mounts, guest_mounts) = self.pending.take().unwrap_or_default();
+        let seed = if self.replay_snapshot_randomness {
+            None
+        } else {
+            Some(random_hex(64)?)
+        };
         let job = GuestJob {
             time,
+            seed,
             mounts: guest_mounts,
             env: command.env.clone(),
             workdir: command.workdir.clone(),
             argv: command.argv.clone(),
+            stdin: streams.stdin.is_some(),
         };
         let request = proto::Run {
             time,
             mounts,
             script: self.profile.run_script(&job)?,
             stdin: streams.stdin.is_some(),
-            tty: command.tty.clone().map(|term| proto::Tty { term }),
+            tty: command.tty.clone().map(|t| proto::Tty {
+                term: t.term,
+                rows: t.rows,
+                cols: t.cols,
+            }),
         };
         let console = self.sockets.console("controller");
         let channel = lifecycle::connect(&self.sockets).await?;
@@ -333,13 +365,15 @@ pub async fn run(
 /// overlays, with `devices` behind the controller's 9p devices. Returns once both run.
 async fn launch(
     qemu: &std::path::Path,
+    store: &Store,
     base: &Base,
     profile: &Profile,
     run_dir: &RunDir,
-    sockets: &PairSockets,
     devices: &[ControllerShare],
     opts: &SessionOptions,
-) -> Result<(Vm, Vm)> {
+) -> Result<(Vm, Vm, PairSockets)> {
+    let sockets = PairSockets::new(run_dir.path())?;
+    let sockets = &sockets;
     let overlays = PairFiles {
         kernel: base.file(files::KERNEL),
         guest_initrd: base.file(files::GUEST_INITRD),
@@ -351,9 +385,10 @@ async fn launch(
         base.file(files::GUEST_DISK),
         base.file(files::CONTROLLER_DISK),
     );
+    let templates = store.cache.join("overlays");
     let (g, c) = tokio::join!(
-        overlay::create(&guest_disk, &overlays.guest_disk),
-        overlay::create(&controller_disk, &overlays.controller_disk)
+        overlay::create_from_template(&guest_disk, &overlays.guest_disk, &templates),
+        overlay::create_from_template(&controller_disk, &overlays.controller_disk, &templates)
     );
     g?;
     c?;
@@ -378,21 +413,29 @@ async fn launch(
             },
         )
         .await?;
-        Ok((g, c))
+        Ok((g, c, sockets.clone()))
     } else {
         let ram = RamMode::Revive {
             guest: base.file(files::GUEST_RAM),
             controller: base.file(files::CONTROLLER_RAM),
             readonly: qemu::private_ram_can_be_readonly(base.manifest.qemu_version),
         };
-        lifecycle::revive(
+        let mut guest = pair.guest_spec(&overlays, &ram, sockets);
+        let controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        // The guest's device is the snapshot's; a fresh generation makes its kernel reseed.
+        guest.generation_id = Some(generation(
+            &base.manifest.id,
+            !opts.replay_snapshot_randomness,
+        ));
+        let (g, c) = lifecycle::revive(
             qemu,
-            pair.guest_spec(&overlays, &ram, sockets),
-            pair.controller_spec(&overlays, &ram, sockets, devices),
+            guest,
+            controller,
             &base.file(files::GUEST_STATE),
             &base.file(files::CONTROLLER_STATE),
         )
-        .await
+        .await?;
+        Ok((g, c, sockets.clone()))
     }
 }
 

@@ -135,6 +135,21 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
             }
         }
     }
+    // Overlay templates of backing files that are gone (a removed base).
+    for e in fs::read_dir(dirs.cache.join("overlays"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let gone = crate::machine::overlay::backing_file(&path).is_none_or(|b| !b.exists());
+        if gone {
+            report.bytes += usage(&path);
+            if fs::remove_file(&path).is_ok() {
+                report.removed.push(path.display().to_string());
+            }
+        }
+    }
     for e in fs::read_dir(&store.runs).into_iter().flatten().flatten() {
         let path = e.path();
         if path.is_dir() && abandoned(&path) {

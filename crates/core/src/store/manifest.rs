@@ -12,8 +12,10 @@ use crate::{IoContext, Result};
 pub const MANIFEST: &str = "manifest.json";
 pub const SECRETS: &str = "secrets.json";
 /// Bump when the base layout or the way bases are made changes incompatibly.
-/// 3: manifests are sealed.
-pub const BASE_FORMAT: u32 = 3;
+/// 3: manifests are sealed. 4: the guest carries a VM Generation ID device, and its login
+/// shell is guestbox's exec helper. 5: the guest's job server is frozen with it, and the
+/// pair settles before the freeze.
+pub const BASE_FORMAT: u32 = 5;
 
 /// Everything needed to revive a base exactly, and to tell whether this host can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -88,9 +88,14 @@ fn short_id(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
-/// blake3 of this guestbox's agent, as recorded in the bases it makes.
+/// blake3 of the programs this guestbox puts in the VMs (the controller's agent and the
+/// guest's exec helper), as recorded in the bases and initramfs images it makes: a base
+/// made by another build speaks another protocol.
 pub fn agent_id() -> String {
-    blake3::hash(crate::AGENT).to_hex().to_string()
+    let mut h = blake3::Hasher::new();
+    h.update(crate::AGENT);
+    h.update(crate::EXEC_HELPER);
+    h.finalize().to_hex().to_string()
 }
 
 /// blake3 and size of a file, read in large blocks.

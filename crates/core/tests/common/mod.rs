@@ -124,6 +124,7 @@ pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult>
         stdin: None,
         stdout: &mut out,
         stderr: &mut err,
+        window: None,
     };
     let outcome = guestbox::run::run(&store(), base(), &opts, &mut streams).await?;
     Ok(RunResult {

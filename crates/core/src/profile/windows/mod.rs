@@ -696,6 +696,7 @@ fn stage(
             .console(if install { STAGE_INSTALL } else { "guest" }),
         qmp_socket: paths.sockets.qmp("guest"),
         rtc: rtc(settings),
+        generation_id: None,
         incoming: false,
         inherit: paths.sockets.inherit(),
     };

@@ -6,8 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use link::shares::{self, Semantics};
 use link::net;
+use link::shares::{self, Semantics};
 
 use crate::init::wait_listening;
 use crate::run_cmd;
@@ -214,7 +214,9 @@ mod tests {
                 section = name.to_string();
                 continue;
             }
-            let (k, v) = line.split_once(" = ").unwrap_or_else(|| panic!("bad line {line:?}"));
+            let (k, v) = line
+                .split_once(" = ")
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
             let old = out
                 .entry(section.clone())
                 .or_default()
@@ -246,8 +248,16 @@ mod tests {
             (share, "directory mask", Some("07777"), Some("0755")),
             (share, "force user", Some("root"), Some("root")),
         ] {
-            assert_eq!(get(&posix, section, key).as_deref(), p, "posix [{section}] {key}");
-            assert_eq!(get(&windows, section, key).as_deref(), w, "windows [{section}] {key}");
+            assert_eq!(
+                get(&posix, section, key).as_deref(),
+                p,
+                "posix [{section}] {key}"
+            );
+            assert_eq!(
+                get(&windows, section, key).as_deref(),
+                w,
+                "windows [{section}] {key}"
+            );
             if p != w {
                 differing.insert((section.to_string(), key.to_string()));
             }

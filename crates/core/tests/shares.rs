@@ -686,3 +686,54 @@ async fn locks_hold_between_guest_processes_and_special_files_never_corrupt() {
     assert_eq!(v["PIPE"], "through", "{out}");
     assert_eq!(v["TYPES"], "fifo,socket,", "{out}");
 }
+
+/// `wide links = no` holds on the server, not only in the guest's cifs client: a guest
+/// root that mounts the share again as SMB2/3 without the Unix Extensions (the server then
+/// resolves links itself) still reads nothing through a link that leads out of its volume,
+/// neither the host's nor one it planted. (Mounted as SMB1 without the Unix Extensions the
+/// share lists nothing at all.)
+#[tokio::test]
+async fn a_guest_bypassing_its_client_cannot_follow_links_out_of_the_share() {
+    let (ro, rw) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "HOST-SECRET").unwrap();
+    std::fs::write(rw.path().join("inside"), "INSIDE").unwrap();
+    use std::os::unix::fs::symlink;
+    symlink(outside.path().join("secret"), rw.path().join("abs")).unwrap();
+    symlink(outside.path(), rw.path().join("absdir")).unwrap();
+    symlink(
+        "../../../../../../../../etc/hostname",
+        rw.path().join("rel"),
+    )
+    .unwrap();
+    let script = r#"
+        ln -s / /out/root; ln -s /etc /out/etc
+        for o in vers=3.1.1 vers=2.0; do
+          mkdir -p /tmp/m
+          mount -t cifs //192.168.0.2/guestbox /tmp/m -o credentials=/run/guestbox/smb.cred,$o || { echo "MOUNT-FAILED $o"; continue; }
+          v=$(grep -l INSIDE /tmp/m/*/inside | head -n1); v=${v%/inside}
+          [ -n "$v" ] || { echo "NO-VOLUME $o"; umount /tmp/m; continue; }
+          for f in abs absdir/secret rel root/etc/hostname etc/hostname root/proc/version; do
+            if c=$(head -c 60 "$v/$f" 2>/dev/null); then echo "READ-$o-$f $c" | tr '\n' ' '; echo; else echo "DENIED-$o-$f"; fi
+          done
+          umount /tmp/m
+        done
+    "#;
+    let out = in_guest(ro.path(), rw.path(), script).await;
+    assert!(!out.contains("HOST-SECRET"), "{out}");
+    // The bypass is real: the guest's own mounts reach its volume.
+    assert!(
+        !out.contains("MOUNT-FAILED") && !out.contains("NO-VOLUME"),
+        "{out}"
+    );
+    let read: Vec<&str> = out.lines().filter(|l| l.starts_with("READ-")).collect();
+    assert!(
+        read.is_empty(),
+        "read through a link out of the share:\n{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("DENIED-")).count(),
+        12,
+        "{out}"
+    );
+}

@@ -226,6 +226,65 @@ mod tests {
         out
     }
 
+    /// Windows guests get the share exactly as before POSIX semantics existed: these are
+    /// all of that smb.conf's settings, nothing more, nothing less.
+    #[test]
+    fn windows_semantics_are_the_smb_conf_windows_guests_always_had() {
+        let windows = parse(&smb_conf(Semantics::Windows));
+        let want: BTreeMap<String, BTreeMap<String, String>> = [
+            (
+                "global",
+                &[
+                    ("server role", "standalone server"),
+                    ("map to guest", "never"),
+                    ("restrict anonymous", "2"),
+                    ("interfaces", "192.168.0.2/24"),
+                    ("bind interfaces only", "yes"),
+                    ("smb ports", "445"),
+                    ("disable netbios", "yes"),
+                    ("load printers", "no"),
+                    ("printing", "bsd"),
+                    ("printcap name", "/dev/null"),
+                    ("disable spoolss", "yes"),
+                    ("unix extensions", "no"),
+                    ("wide links", "no"),
+                    ("log level", "1"),
+                    ("server min protocol", "NT1"),
+                    ("ntlm auth", "ntlmv2-only"),
+                ][..],
+            ),
+            (
+                shares::SMB_SHARE,
+                &[
+                    ("path", shares::SHARE_ROOT),
+                    ("valid users", shares::SMB_USER),
+                    ("force user", "root"),
+                    ("read only", "no"),
+                    ("browseable", "no"),
+                    ("wide links", "no"),
+                    ("follow symlinks", "yes"),
+                    ("map archive", "no"),
+                    ("map hidden", "no"),
+                    ("map system", "no"),
+                    ("store dos attributes", "no"),
+                    ("create mask", "0644"),
+                    ("directory mask", "0755"),
+                ][..],
+            ),
+        ]
+        .into_iter()
+        .map(|(section, kvs)| {
+            (
+                section.to_string(),
+                kvs.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        })
+        .collect();
+        assert_eq!(windows, want);
+    }
+
     #[test]
     fn posix_semantics_turn_on_what_linux_guests_need_and_windows_keeps_smb_as_it_was() {
         let posix = parse(&smb_conf(Semantics::Posix));

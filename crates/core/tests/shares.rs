@@ -109,6 +109,7 @@ fn host_tree(dir: &Path) {
     symlink("m644", dir.join("l_rel")).unwrap();
     symlink("dir", dir.join("l_dir")).unwrap();
     symlink("/etc/hostname", dir.join("l_abs")).unwrap();
+    symlink("/etc", dir.join("l_absdir")).unwrap();
     symlink("nowhere", dir.join("l_dangling")).unwrap();
     symlink(OsStr::from_bytes("ünï cödé".as_bytes()), dir.join("l_utf8")).unwrap();
     std::fs::hard_link(dir.join("m600"), dir.join("hard")).unwrap();
@@ -341,7 +342,8 @@ async fn the_host_tree_is_seen_exactly_in_read_only_and_writable_shares() {
              | od -An -tx1 -v | tr -d ' \\n'; echo; \
              test -e {dir}/upper && echo 'CASE-{label} folded' || echo 'CASE-{label} exact'; \
              echo \"LDIR-{label} $(cat {dir}/l_dir/f)\"; \
-             echo \"LABS-{label} $(cat {dir}/l_abs 2>&1)\"; "
+             echo \"LABS-{label} $(cat {dir}/l_abs 2>&1)\"; \
+             echo \"LABSDIR-{label} $(cat {dir}/l_absdir/hostname 2>&1)\"; "
         ));
     }
     script.push_str("echo \"HOSTNAME $(cat /etc/hostname)\"");
@@ -376,6 +378,7 @@ async fn the_host_tree_is_seen_exactly_in_read_only_and_writable_shares() {
         assert_eq!(v[&format!("LDIR-{label}")], "in dir");
         // An absolute link resolves in the guest, as on a local disk: the guest's file.
         assert_eq!(v[&format!("LABS-{label}")], v["HOSTNAME"], "{label}");
+        assert_eq!(v[&format!("LABSDIR-{label}")], v["HOSTNAME"], "{label}");
     }
 }
 
@@ -393,6 +396,7 @@ fn guest_writes_script() -> String {
     s.push_str(&format!("rc chown chown {uid}:{gid} owned; "));
     s.push_str(
         "rc l_rel ln -s m600 l_rel; rc l_dir ln -s sticky l_dir; rc l_abs ln -s /etc/hostname l_abs; \
+         rc l_absdir ln -s /etc l_absdir; \
          rc l_dangling ln -s nowhere l_dangling; \
          echo X > Upper; echo y > upper; \
          echo h > hard1; rc hard ln hard1 hard2; \
@@ -481,6 +485,7 @@ async fn what_the_guest_makes_in_a_writable_share_lands_exactly_on_the_host() {
         ("l_rel", "m600"),
         ("l_dir", "sticky"),
         ("l_abs", "/etc/hostname"),
+        ("l_absdir", "/etc"),
         ("l_dangling", "nowhere"),
     ] {
         let got = std::fs::read_link(dir.join(name)).ok();
@@ -545,6 +550,7 @@ async fn what_the_guest_makes_in_a_writable_share_lands_exactly_on_the_host() {
         "l_rel",
         "l_dir",
         "l_abs",
+        "l_absdir",
         "l_dangling",
         "Upper",
         "upper",

@@ -436,7 +436,7 @@ pub struct BenchArgs {
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
-    /// Only these sections (comma-separated) [default: all but registry].
+    /// Only these sections (comma-separated) [default: all but registry and tree].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<crate::bench::Section>,
     /// The rows as JSON (key, what, value, number, unit, target) instead of a table.

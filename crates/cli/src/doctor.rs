@@ -6,6 +6,7 @@
 //! A base (the default one unless `--base`): revives give distinct randomness, the guest
 //! clock is the host's, a share behaves like a POSIX filesystem, the guest has no route out.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -222,28 +223,62 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What the share probe checks in a writable share, each a line `NAME ok|FAIL detail`.
+/// What the share probe checks in a writable share, each a line `NAME ok|FAIL`; the host
+/// then checks what landed on its side ([`host_side`]).
 const SHARE_PROBE: &str = r#"cd /probe
 r() { if eval "$2"; then echo "$1 ok"; else echo "$1 FAIL"; fi; }
-r "mode-bits" '[ "$(stat -c %a mode640)" = 640 ]'
+r "mode-bits" '[ "$(stat -c %a mode640)" = 640 ] && [ "$(stat -c %a mode4755)" = 4755 ]'
 r "symlink-from-host" '[ -L link ] && [ "$(readlink link)" = mode640 ]'
 r "symlink-in-guest" 'ln -s mode640 made-link 2>/dev/null && [ -L made-link ]'
-r "case-sensitive-names" 'echo X > Upper && echo y > upper && [ "$(cat Upper)" = X ]'
+r "case-sensitive-names" 'echo X > Upper && echo y > upper && [ "$(cat Upper)" = X ] && [ "$(cat upper)" = y ]'
 r "utf8-names" '[ -e "ünï cödé" ]'
+r "non-utf8-names" 'echo z > "$(printf "a\377b")" && [ -e "$(printf "a\376b")" ] && [ "$(cat "$(printf "a\377b")")" = z ]'
 r "chmod" 'chmod 600 mode640 2>/dev/null && [ "$(stat -c %a mode640)" = 600 ]'
+r "owner-from-host" '[ "$(stat -c %u:%g mode640)" = "$(cat owner)" ]'
+r "mtime-100ns" '[ "$(find mode4755 -printf %T@)" = 1000000000.1234567000 ]'
+r "hard-links" 'ln mode4755 hard 2>/dev/null && [ "$(stat -c %h mode4755)" = 2 ]'
 "#;
+
+/// What the probe's changes must have made on the host: `(name, holds)`.
+fn host_side(p: &Path) -> Vec<(&'static str, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(p.join("mode640")).map(|m| m.mode() & 0o7777);
+    let link = std::fs::read_link(p.join("made-link"));
+    let upper = std::fs::read(p.join("upper"));
+    let odd = std::fs::read(p.join(std::ffi::OsStr::from_bytes(b"a\xffb")));
+    vec![
+        ("chmod-on-host", matches!(mode, Ok(0o600))),
+        (
+            "symlink-on-host",
+            link.is_ok_and(|l| l == Path::new("mode640")),
+        ),
+        ("case-on-host", upper.is_ok_and(|u| u == b"y\n")),
+        ("non-utf8-on-host", odd.is_ok_and(|u| u == b"z\n")),
+    ]
+}
+
+/// The probe's tree: a 0640 file, a setuid file with a time to 100 ns, a symlink, a UTF-8
+/// name, a name that is not UTF-8, and the owner the guest must see.
+fn probe_tree(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::write(p.join("mode640"), b"x")?;
+    std::fs::set_permissions(p.join("mode640"), std::fs::Permissions::from_mode(0o640))?;
+    let f = std::fs::File::create(p.join("mode4755"))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o4755))?;
+    // 1 000 000 000.1234567 s: the 100 ns SMB carries.
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_700);
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+    std::os::unix::fs::symlink("mode640", p.join("link"))?;
+    std::fs::write(p.join("ünï cödé"), b"")?;
+    std::fs::write(p.join(std::ffi::OsStr::from_bytes(b"a\xfeb")), b"")?;
+    let md = std::fs::metadata(p.join("mode640"))?;
+    std::fs::write(p.join("owner"), format!("{}:{}", md.uid(), md.gid()))
+}
 
 async fn share_check(store: &Store, base: &Base) -> Result<Check> {
     let dir = tempfile::tempdir().ctx(|| "making a probe directory")?;
     let p = dir.path();
-    std::fs::write(p.join("mode640"), b"x").ctx(|| "writing the share probe")?;
-    std::fs::set_permissions(
-        p.join("mode640"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o640),
-    )
-    .ctx(|| "writing the share probe")?;
-    std::os::unix::fs::symlink("mode640", p.join("link")).ctx(|| "writing the share probe")?;
-    std::fs::write(p.join("ünï cödé"), b"").ctx(|| "writing the share probe")?;
+    probe_tree(p).ctx(|| "writing the share probe")?;
     let opts = SessionOptions {
         volumes: vec![Volume {
             host: p.to_path_buf(),
@@ -255,13 +290,24 @@ async fn share_check(store: &Store, base: &Base) -> Result<Check> {
     let mut s = Session::revive(store, base, &opts).await?;
     let (_, out, _) = exec(&mut s, SHARE_PROBE).await?;
     s.discard().await;
-    let failed: Vec<&str> = out
+    let mut results: Vec<(String, bool)> = out
         .lines()
-        .filter(|l| l.ends_with("FAIL"))
-        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, v)| (name.to_string(), v == "ok"))
         .collect();
-    let total = out.lines().count();
-    Ok(if failed.is_empty() && total > 0 {
+    let in_guest = results.len();
+    results.extend(
+        host_side(p)
+            .into_iter()
+            .map(|(name, ok)| (name.to_string(), ok)),
+    );
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let total = results.len();
+    Ok(if failed.is_empty() && in_guest > 0 {
         check(
             "share fidelity",
             Verdict::Ok,

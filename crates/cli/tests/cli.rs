@@ -1195,6 +1195,7 @@ fn doctor_checks_the_host_and_the_base_and_names_what_fails() {
         ("unique randomness", "ok"),
         ("guest clock", "ok"),
         ("no route out", "ok"),
+        ("share fidelity", "ok"),
     ] {
         assert!(
             out.lines()
@@ -1202,16 +1203,9 @@ fn doctor_checks_the_host_and_the_base_and_names_what_fails() {
             "{name} not {verdict}:\n{out}"
         );
     }
-    assert!(
-        out.lines().any(|l| l.starts_with("share fidelity")),
-        "{out}"
-    );
-    let failed = out.lines().any(|l| l.contains(" FAIL "));
-    assert_eq!(
-        o.status.code(),
-        Some(if failed { 1 } else { 0 }),
-        "{out}{err}"
-    );
+    // Nothing fails on a host set up by scripts/setup with the default base.
+    assert!(!out.lines().any(|l| l.contains(" FAIL ")), "{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
     // A qemu-img of QEMU 10 beside qemu-system-x86_64 7.2: what a half-done set-up leaves.
     let bin = tempfile::tempdir().unwrap();
     let fake = bin.path().join("qemu-img");

@@ -65,6 +65,9 @@ struct BaseInputs<'a> {
     pair: &'a PairConfig,
     qemu: Version,
     images: [String; 5],
+    /// The guest's bootstrap script (its share mount options live in the snapshot), with
+    /// a stand-in for the per-base password: new options must not revive an old base.
+    guest_setup: String,
 }
 
 fn artifact_name(path: &Path) -> String {
@@ -106,7 +109,11 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         guest_cpus: opts.cpus,
         controller_memory_mib: CONTROLLER_MEMORY_MIB,
         guest_append: kernel_append(&built.guest.init),
-        controller_append: kernel_append(&built.controller.init),
+        controller_append: format!(
+            "{} {}",
+            kernel_append(&built.controller.init),
+            opts.profile.share_semantics().kernel_param()
+        ),
         rtc_base: RTC_BASE.into(),
     };
     let inputs = BaseInputs {
@@ -126,6 +133,7 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
             artifact_name(&built.guest.disk),
             artifact_name(&built.controller.disk),
         ],
+        guest_setup: opts.profile.guest_setup_script("PASSWORD"),
     };
     let id = crate::images::cache::Key::new("base", &inputs)?.hash;
     let lock = FileLock::exclusive(&store.bases.join(format!(".{id}.lock"))).await?;

@@ -29,6 +29,10 @@ pub const COMMON_MODULES: &[&str] = &[
 /// The guest mounts the controller's SMB shares.
 pub const GUEST_MODULES: &[&str] = &[
     "cifs",
+    // `iocharset=iso8859-1` on the cifs mount (profile::debian::CIFS_OPTIONS: byte-exact
+    // names). Without the table the mount fails; without any table but the kernel's
+    // built-in one, cifs mangles every non-ASCII name.
+    "nls_iso8859_1",
     // SMB3 signing and encryption look these up by name at mount time: no module
     // dependency names them, so they are listed here.
     "cmac",

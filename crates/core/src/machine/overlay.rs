@@ -44,11 +44,15 @@ pub async fn create_from_template(base: &Path, overlay: &Path, templates: &Path)
     let template = templates.join(format!("{}.qcow2", &key.to_hex()[..24]));
     if !template.is_file() {
         std::fs::create_dir_all(templates).ctx(|| format!("creating {}", templates.display()))?;
-        // Made aside and renamed: a concurrent run sees a whole template or none.
+        // Made aside and renamed: a concurrent run sees a whole template or none. The
+        // name is this call's own (pid and a counter): two runs of one process (threads,
+        // tests) making the same template at once must not share the file.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = templates.join(format!(
-            ".{}-{}.qcow2",
+            ".{}-{}-{}.qcow2",
             &key.to_hex()[..24],
-            std::process::id()
+            std::process::id(),
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         create(base, &tmp).await?;
         std::fs::rename(&tmp, &template).ctx(|| format!("saving {}", template.display()))?;

@@ -59,6 +59,14 @@ impl Profile {
         }
     }
 
+    /// How the controller's share behaves for this guest: Linux guests get a local POSIX
+    /// filesystem, Windows guests what SMB gives Windows.
+    pub fn share_semantics(&self) -> link::shares::Semantics {
+        match self {
+            Profile::Debian(_) => debian::SHARE_SEMANTICS,
+        }
+    }
+
     /// Run once at bootstrap (over SSH, on stdin): mount the controller's share root.
     pub fn guest_setup_script(&self, smb_password: &str) -> String {
         match self {

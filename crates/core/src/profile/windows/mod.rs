@@ -129,6 +129,11 @@ pub const TPM_DIR: &str = "tpm";
 /// Sockets and logs, relative to the emit directory.
 pub const RUN_DIR: &str = "run";
 
+/// Windows guests keep Windows semantics on the share (case-insensitive Unicode names, DOS
+/// attributes; Cygwin makes its own symlinks): the controller's Samba as it always was.
+/// What `Profile::share_semantics` must give for a Windows profile.
+pub const SHARE_SEMANTICS: shares::Semantics = shares::Semantics::Windows;
+
 /// The drive letter the controller's share root is mapped to in a run.
 pub const SHARE_DRIVE: char = 'G';
 /// Exit status of a run whose setup (mapping, mounting, cd) failed.

@@ -150,6 +150,19 @@ pub enum Error {
     #[error("the Windows {stage} stage: {problem}")]
     Stage { stage: String, problem: String },
 
+    /// A stage of a Windows bootstrap failed while its VM ran (it did not end in time, its
+    /// SSH never answered): its console and a last screenshot are kept for the user.
+    #[error("the Windows {stage} stage {problem}.\n  Kept for you (until `guestbox gc`):\n    console log  {}\n    screenshot   {}\n  Last lines of its console:\n{tail}",
+        console.display(),
+        screenshot.as_ref().map_or("(none: the display could not be saved)".to_string(), |p| p.display().to_string()))]
+    StageFailed {
+        stage: String,
+        problem: String,
+        console: PathBuf,
+        screenshot: Option<PathBuf>,
+        tail: String,
+    },
+
     /// The Windows guest's bootstrap reported a failed step on COM1.
     #[error("the Windows bootstrap failed at step {step:?} (COM1 is kept in {}):\n{tail}", console.display())]
     WindowsBootstrap {

@@ -154,9 +154,11 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         rtc: Rtc::default(),
         generation_id: None,
         incoming: false,
+        platform: Default::default(),
         inherit: Some(short.clone()),
+        cwd: None,
     };
-    let mut vm = Vm::start(qemu, spec)?;
+    let mut vm = Vm::start(qemu, spec).await?;
     let result = vm.wait_for_console(markers::PROBE_OK, PROBE_TIMEOUT).await;
     vm.process.kill().await;
     result

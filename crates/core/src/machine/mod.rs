@@ -1,7 +1,8 @@
 //! One QEMU machine: its spec as data ([`spec`]), the one writer of its command line
 //! ([`argv`]), the running process and its QMP connection ([`vm`]), snapshots ([`snapshot`]),
 //! copy-on-write disks ([`overlay`]), and the host facts a snapshot depends on: the QEMU
-//! release and machine types ([`qemu`]), and whether KVM really works ([`accel`]).
+//! release and machine types ([`qemu`]), and whether KVM really works ([`accel`]); the
+//! swtpm a TPM needs next to QEMU ([`tpm`]).
 
 pub mod accel;
 pub mod argv;
@@ -9,6 +10,7 @@ pub mod overlay;
 pub mod qemu;
 pub mod snapshot;
 pub mod spec;
+pub mod tpm;
 pub mod vm;
 
 pub use spec::{Accel, VmSpec};

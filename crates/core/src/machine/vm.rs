@@ -7,35 +7,89 @@ use super::VmSpec;
 use crate::host::process::{tail_of_file, Supervised};
 use crate::{Error, IoContext, Result};
 
-/// A running QEMU machine. Dropping it kills QEMU.
+/// A running QEMU machine. Dropping it kills QEMU (and its swtpm).
 #[derive(Debug)]
 pub struct Vm {
     pub spec: VmSpec,
     pub process: Supervised,
     qmp: Option<qmp::Qmp>,
+    /// The swtpm serving the VM's TPM, if it has one (dropped after QEMU: declared later).
+    tpm: Option<Supervised>,
 }
 
 const CONSOLE_TAIL_LINES: usize = 25;
 
 impl Vm {
-    /// Starts QEMU for `spec`; its stderr goes to `<console_log>.stderr`.
-    pub fn start(qemu: &Path, spec: VmSpec) -> Result<Self> {
+    /// Starts QEMU for `spec` (first its swtpm, if it has a TPM); QEMU's stderr goes to
+    /// `<console_log>.stderr`.
+    pub async fn start(qemu: &Path, spec: VmSpec) -> Result<Self> {
         let argv = spec.argv()?;
         tracing::debug!(vm = %spec.name, ?argv, "qemu command line");
         let stderr = stderr_path(&spec.console_log);
+        let stderr = match &spec.cwd {
+            Some(dir) if stderr.is_relative() => dir.join(stderr),
+            _ => stderr,
+        };
         let inherit = spec.inherit.as_ref().map(|d| d.fd());
-        let process = Supervised::spawn_with(&spec.name, qemu, &argv, &stderr, inherit, None)?;
+        let tpm = match &spec.platform.tpm {
+            Some(t) => Some(super::tpm::start(t, inherit, spec.cwd.as_deref()).await?),
+            None => None,
+        };
+        let process =
+            Supervised::spawn_with(&spec.name, qemu, &argv, &stderr, inherit, spec.cwd.as_deref())?;
         Ok(Self {
             spec,
             process,
             qmp: None,
+            tpm,
         })
+    }
+
+    /// A file of the spec by a path this process can open (relative ones are relative to
+    /// the spec's `cwd`).
+    pub fn local_path(&self, path: &Path) -> PathBuf {
+        match &self.spec.cwd {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Saves the display to `path` (a PPM image), as QMP's `screendump` does: where a
+    /// firmware-booted guest stopped when it says nothing on its serial port.
+    pub async fn screendump(&mut self, path: &Path) -> Result<()> {
+        let file = std::path::absolute(path).ctx(|| format!("resolving {}", path.display()))?;
+        let q = self.qmp().await?;
+        let r = q
+            .execute(
+                "screendump",
+                serde_json::json!({ "filename": file.to_string_lossy() }),
+            )
+            .await;
+        r.map(|_| ()).map_err(|e| self.qmp_error(e))
+    }
+
+    /// Once QEMU has ended: waits (at most `grace`) for its swtpm, which writes the TPM's
+    /// state and exits when QEMU's connection closes; kills it after that.
+    pub async fn finish_tpm(&mut self, grace: Duration) {
+        if let Some(mut t) = self.tpm.take() {
+            if tokio::time::timeout(grace, t.wait()).await.is_err() {
+                t.kill().await;
+            }
+        }
+    }
+
+    /// Kills QEMU and its swtpm.
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+        if let Some(t) = &mut self.tpm {
+            t.kill().await;
+        }
     }
 
     /// Waits until the console prints `marker`. If QEMU exits first or time runs out, the
     /// error carries the tail of the console and of QEMU's stderr.
     pub async fn wait_for_console(&mut self, marker: &str, timeout: Duration) -> Result<()> {
-        let log = self.spec.console_log.clone();
+        let log = self.local_path(&self.spec.console_log);
         let deadline = Instant::now() + timeout;
         let mut seen = 0usize;
         let mut carry = String::new();
@@ -133,10 +187,13 @@ impl Vm {
                         detail: self.process.stderr_tail(5),
                     });
                 }
+                // swtpm ends with QEMU's connection and writes its state first: a frozen
+                // base must hold all of it.
+                self.finish_tpm(grace).await;
                 return Ok(());
             }
         }
-        self.process.kill().await;
+        self.kill().await;
         Ok(())
     }
 
@@ -157,8 +214,8 @@ impl Vm {
 
     /// The console output so far.
     pub fn console(&self) -> Result<String> {
-        let bytes = std::fs::read(&self.spec.console_log)
-            .ctx(|| format!("reading {}", self.spec.console_log.display()))?;
+        let log = self.local_path(&self.spec.console_log);
+        let bytes = std::fs::read(&log).ctx(|| format!("reading {}", log.display()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

@@ -198,7 +198,7 @@ pub struct WindowsArgs {
     #[arg(long, requires = "emit")]
     pub run_install: bool,
     /// How long the install stage may take before it is stopped.
-    #[arg(long, default_value = "12h", value_parser = parse_duration, requires = "run_install")]
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
     pub install_timeout: std::time::Duration,
 }
 

@@ -86,6 +86,8 @@ fn artifact_name(path: &Path) -> String {
 /// What the pair boots: the controller's images, and the guest's — the Debian images, or
 /// the Windows install the first boot starts from (made inside the build, so a base that
 /// exists costs no install).
+// One value per bootstrap: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Parts {
     Debian(Images),
     Windows {
@@ -184,7 +186,11 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         (Some(built), _, _) => Parts::Debian(built),
         (None, Some(controller), Some((kind, w))) => {
             let settings = w.public_settings(kind)?;
-            let alias = if kind == WinKind::Windows { "q35" } else { "pc" };
+            let alias = if kind == WinKind::Windows {
+                "q35"
+            } else {
+                "pc"
+            };
             let hardware = w.hardware(
                 kind,
                 accel,
@@ -350,7 +356,9 @@ impl Job<'_> {
             guest_host_key: prepared.host_key.clone(),
             guest_user: self.profile.guest_user(),
             smb_password: prepared.secrets.smb_password.clone(),
-            guest_script: self.profile.guest_setup_script(&prepared.secrets.smb_password)?,
+            guest_script: self
+                .profile
+                .guest_setup_script(&prepared.secrets.smb_password)?,
             guest_command: self.profile.guest_setup_command().into(),
             job_server: self.profile.job_server(),
             ssh_wait: if self.profile.guest_ready_marker().is_some() {
@@ -383,13 +391,13 @@ impl Job<'_> {
                 let (console, screenshot) =
                     windows::install::keep_evidence(&mut guest, &keep).await?;
                 let _ = windows::install::keep_evidence(&mut controller, &keep).await;
-                return Err(Error::StageFailed {
+                return Err(Error::StageFailed(Box::new(crate::error::StageFailure {
                     stage: windows::STAGE_FIRST_BOOT.into(),
                     problem: format!("got no SSH session in the guest: {e}"),
                     tail: crate::host::process::tail_of_file(&console, 15),
                     console,
                     screenshot,
-                });
+                })));
             }
             Err(e) => return Err(e),
         };
@@ -414,7 +422,8 @@ impl Job<'_> {
         timings.insert("snapshot".into(), t.elapsed().as_secs_f64());
 
         let step = progress.step("checksumming and sealing the base");
-        let json = serde_json::to_vec(&prepared.secrets).ctx(|| "serialising the base's secrets")?;
+        let json =
+            serde_json::to_vec(&prepared.secrets).ctx(|| "serialising the base's secrets")?;
         write_private(&dir.join(store::SECRETS), &json, false)?;
         let mut sums = BTreeMap::new();
         for name in base_files(dir)? {
@@ -425,8 +434,7 @@ impl Job<'_> {
             id: id.to_string(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             profile: self.profile.name().into(),
-            inputs: serde_json::to_value(self.profile)
-                .ctx(|| "recording the profile's inputs")?,
+            inputs: serde_json::to_value(self.profile).ctx(|| "recording the profile's inputs")?,
             guestbox_version: env!("CARGO_PKG_VERSION").into(),
             agent: store::agent_id(),
             qemu_version: self.qemu_version,

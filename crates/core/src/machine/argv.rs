@@ -511,6 +511,8 @@ mod tests {
         assert_eq!(after(&argv, "-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);
         // A kernel-booted VM has none of it.
         let plain = spec().argv().unwrap();
-        assert!(!plain.iter().any(|a| a == "-global" || a == "-action" || a == "VGA"));
+        assert!(!plain
+            .iter()
+            .any(|a| a == "-global" || a == "-action" || a == "VGA"));
     }
 }

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::spec::Tpm;
 use super::argv::value;
+use super::spec::Tpm;
 use crate::host::process::{tail_of_file, Supervised};
 use crate::host::programs::{self, Program};
 use crate::{Error, IoContext, Result};
@@ -100,18 +100,18 @@ pub async fn start(
             return Err(Error::Command {
                 what: "swtpm (the guest's TPM)".into(),
                 status: status.to_string(),
-                detail: format!(
-                    "{}\n{}",
-                    process.stderr_tail(5),
-                    tail_of_file(&log, 10)
-                ),
+                detail: format!("{}\n{}", process.stderr_tail(5), tail_of_file(&log, 10)),
             });
         }
         if started.elapsed() > START_TIMEOUT {
             process.kill().await;
             return Err(Error::Command {
                 what: "swtpm (the guest's TPM)".into(),
-                status: format!("no socket {} within {} s", socket.display(), START_TIMEOUT.as_secs()),
+                status: format!(
+                    "no socket {} within {} s",
+                    socket.display(),
+                    START_TIMEOUT.as_secs()
+                ),
                 detail: tail_of_file(&log, 10),
             });
         }

@@ -35,8 +35,14 @@ impl Vm {
             Some(t) => Some(super::tpm::start(t, inherit, spec.cwd.as_deref()).await?),
             None => None,
         };
-        let process =
-            Supervised::spawn_with(&spec.name, qemu, &argv, &stderr, inherit, spec.cwd.as_deref())?;
+        let process = Supervised::spawn_with(
+            &spec.name,
+            qemu,
+            &argv,
+            &stderr,
+            inherit,
+            spec.cwd.as_deref(),
+        )?;
         Ok(Self {
             spec,
             process,

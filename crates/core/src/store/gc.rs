@@ -143,7 +143,11 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
         }
     }
     // What failed stages kept for the user: they have read it, or will not.
-    for e in fs::read_dir(&store.failures).into_iter().flatten().flatten() {
+    for e in fs::read_dir(&store.failures)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let path = e.path();
         if path.is_dir() {
             take(&path, &mut report);

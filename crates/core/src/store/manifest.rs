@@ -143,8 +143,10 @@ impl Manifest {
         let mut names: Vec<String> = match &self.pair.guest {
             None => files::ALL.iter().map(|s| s.to_string()).collect(),
             Some(g) => {
-                let mut n: Vec<String> =
-                    files::FIRMWARE_GUEST.iter().map(|s| s.to_string()).collect();
+                let mut n: Vec<String> = files::FIRMWARE_GUEST
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 if g.uefi.is_some() {
                     n.push(files::GUEST_VARS.into());
                 }
@@ -153,7 +155,12 @@ impl Manifest {
         };
         if self.pair.guest.as_ref().is_some_and(|g| g.tpm) {
             let prefix = format!("{}/", files::GUEST_TPM);
-            names.extend(self.files.keys().filter(|k| k.starts_with(&prefix)).cloned());
+            names.extend(
+                self.files
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned(),
+            );
         }
         names
     }

@@ -15,7 +15,10 @@ pub fn verify(base: &Base) -> Result<Vec<String>> {
     if m.pair.guest.as_ref().is_some_and(|g| g.tpm)
         && !m.files.keys().any(|k| k.starts_with(files::GUEST_TPM))
     {
-        problems.push(format!("{}: the TPM's state is not in the manifest", files::GUEST_TPM));
+        problems.push(format!(
+            "{}: the TPM's state is not in the manifest",
+            files::GUEST_TPM
+        ));
     }
     for name in m.required_files() {
         let name = name.as_str();

@@ -342,7 +342,9 @@ pub fn setup_script(spec: &SetupSpec) -> Result<String, Error> {
     r.smb_password = spec.smb_password.clone();
     r.shares = spec.shares.clone();
     r.validate()?;
-    let mut s = String::from("#!/bin/bash\n# guestbox: the share's mapping, once at bootstrap (generated).\n");
+    let mut s = String::from(
+        "#!/bin/bash\n# guestbox: the share's mapping, once at bootstrap (generated).\n",
+    );
     prelude(&mut s);
     map_and_mount(
         &mut s,
@@ -401,7 +403,10 @@ pub fn run_script(spec: &RunSpec) -> Result<String, Error> {
         s.push_str(&format!(
             "mount -f -o bind {} {target} || guestbox_fail {}\n",
             b("binds", &m.source)?,
-            b("binds", &format!("cannot mount {} at {}", m.source, m.target))?
+            b(
+                "binds",
+                &format!("cannot mount {} at {}", m.source, m.target)
+            )?
         ));
     }
     if let Some(dir) = &spec.workdir {

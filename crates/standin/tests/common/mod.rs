@@ -185,11 +185,11 @@ impl Guest {
     pub fn start(&self, index: usize) -> Running {
         let stage = &self.stages[index];
         let _ = std::fs::remove_file(self.path().join(&stage.spec.console_log));
-        let swtpm = stage.swtpm.as_ref().map(|t| {
+        let swtpm = stage.spec.platform.tpm.as_ref().map(|t| {
             std::fs::create_dir_all(self.path().join(&t.state_dir)).unwrap();
             let _ = std::fs::remove_file(self.path().join(&t.socket));
             let child = Command::new("swtpm")
-                .args(t.argv().unwrap())
+                .args(guestbox::machine::tpm::argv(t, None).unwrap())
                 .current_dir(self.path())
                 .stdin(Stdio::null())
                 .spawn()

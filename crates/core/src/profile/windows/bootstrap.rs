@@ -277,9 +277,10 @@ async fn install(
     hw: &Hardware,
     progress: &Progress,
 ) -> Result<()> {
-    let sources = profile.sources.as_ref().ok_or_else(|| {
-        Error::Usage("a Windows install needs --iso and --cygwin-mirror".into())
-    })?;
+    let sources = profile
+        .sources
+        .as_ref()
+        .ok_or_else(|| Error::Usage("a Windows install needs --iso and --cygwin-mirror".into()))?;
     let step = progress.step(format!(
         "writing the {} install media (answer file, floppy, Cygwin CD)",
         kind.name()
@@ -289,7 +290,12 @@ async fn install(
         Some(p) => p.clone(),
         None => Secret::new(generated_password()?),
     };
-    let settings = profile.settings(kind, password.clone(), &public_key, sources.product_key.clone())?;
+    let settings = profile.settings(
+        kind,
+        password.clone(),
+        &public_key,
+        sources.product_key.clone(),
+    )?;
     settings.validate().map_err(media_error)?;
     hw.check(&settings)?;
     check_host(&settings)?;
@@ -308,7 +314,8 @@ async fn install(
     }
     step.done();
 
-    let iso = fs::canonicalize(&sources.iso).ctx(|| format!("resolving {}", sources.iso.display()))?;
+    let iso =
+        fs::canonicalize(&sources.iso).ctx(|| format!("resolving {}", sources.iso.display()))?;
     let run = RunDir::create(&store.runs, "install-")?;
     let mut paths = WindowsPaths::new(tmp, Path::new(""), &iso)?;
     paths.sockets = PairSockets::new(run.path())?;

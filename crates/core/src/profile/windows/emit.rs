@@ -334,4 +334,3 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting the mode of {}", path.display()))
 }
-

@@ -124,7 +124,7 @@ pub async fn run_install(
         if Instant::now() >= deadline {
             let (console, screenshot) = keep_evidence(&mut vm, keep).await?;
             vm.kill().await;
-            return Err(Error::StageFailed {
+            return Err(Error::StageFailed(Box::new(crate::error::StageFailure {
                 stage: stage.name.clone(),
                 problem: format!(
                     "did not end within {} s (no {ok} or {failed} on COM1)",
@@ -133,7 +133,7 @@ pub async fn run_install(
                 tail: tail_of_file(&console, 15),
                 console,
                 screenshot,
-            });
+            })));
         }
         if let Some(k) = &stage.boot_keys {
             let now = Instant::now();

@@ -60,8 +60,8 @@ use std::time::Duration;
 
 use media::cygwin::CygwinMirror;
 use media::windows::{
-    Firmware, ImageSelection, Profile as WinProfile, Secret, Win11Requirements,
-    WindowsGeneration, WindowsSettings,
+    Firmware, ImageSelection, Profile as WinProfile, Secret, Win11Requirements, WindowsGeneration,
+    WindowsSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -211,7 +211,9 @@ impl WindowsProfile {
         let c = &self.choices;
         let mut s = WindowsSettings::new(kind, password, authorized_key);
         let bad = |what: &str, v: &str| {
-            Error::Usage(format!("the Windows profile's {what} {v:?} is not one guestbox knows"))
+            Error::Usage(format!(
+                "the Windows profile's {what} {v:?} is not one guestbox knows"
+            ))
         };
         s.generation = match c.generation.as_str() {
             "modern" => WindowsGeneration::Modern,

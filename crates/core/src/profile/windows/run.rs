@@ -59,7 +59,10 @@ impl GuestPath {
             if rest.split('/').any(|c| c == "..") {
                 return Err(bad("it contains '..'"));
             }
-            return Ok(GuestPath::Drive(b[0].to_ascii_uppercase() as char, rest.into()));
+            return Ok(GuestPath::Drive(
+                b[0].to_ascii_uppercase() as char,
+                rest.into(),
+            ));
         }
         if !p.starts_with('/') {
             return Err(bad("it is not absolute"));

@@ -143,9 +143,7 @@ fn stage(
     if install {
         // CD first: the firmware boots the first CD it finds, the Windows ISO; the floppy
         // holds the answer file; Setup reboots several times.
-        spec.boot = Boot::Firmware {
-            order: "dc".into(),
-        };
+        spec.boot = Boot::Firmware { order: "dc".into() };
         spec.platform.allow_reboot = true;
         spec.drives.push(Drive {
             path: paths.floppy.clone(),

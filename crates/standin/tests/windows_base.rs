@@ -49,8 +49,17 @@ const PLACEHOLDER_KEY: &str =
 /// The `windows` profile on BIOS (q35, AHCI, e1000e, Windows 11 bypass keys) with the
 /// stand-in ISO and mirror; `computer_name` makes other install inputs.
 fn profile(computer_name: &str, install_timeout: Duration) -> Profile {
+    profile_with(computer_name, install_timeout, false)
+}
+
+/// `tpm`: UEFI with Secure Boot (Microsoft's keys) and a TPM 2.0 from swtpm instead.
+fn profile_with(computer_name: &str, install_timeout: Duration, tpm: bool) -> Profile {
     let mut s = WindowsSettings::new(WinKind::Windows, Secret::new("unused"), PLACEHOLDER_KEY);
     s.computer_name = computer_name.into();
+    if tpm {
+        s.firmware = media::windows::Firmware::Uefi;
+        s.win11 = media::windows::Win11Requirements::RealTpmUefi;
+    }
     let mirror =
         standin::mirror::cygwin_mirror(&cache_dir().join("mirror-x86_64"), CygwinArch::X86_64)
             .unwrap();
@@ -111,6 +120,30 @@ fn base() -> &'static Base {
     })
 }
 
+/// The UEFI + Secure Boot + TPM base (4 GiB, 2 CPUs: what Windows 11 checks for without
+/// the bypass keys), bootstrapped once.
+fn tpm_base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let started = Instant::now();
+        let mut opts = options(
+            profile_with("STANDIN-TPM", Duration::from_secs(1500), true),
+            Some("standin-windows-tpm"),
+        );
+        opts.memory_mib = 4096;
+        opts.cpus = 2;
+        let base = block_on(bootstrap(&dirs(), &opts, &Progress::quiet()))
+            .unwrap_or_else(|e| panic!("bootstrapping the stand-in UEFI + TPM base failed: {e}"));
+        eprintln!(
+            "stand-in windows UEFI + TPM base {} in {:.1} s; stages: {:?}",
+            &base.manifest.id[..12],
+            started.elapsed().as_secs_f64(),
+            base.manifest.timings
+        );
+        base
+    })
+}
+
 struct RunResult {
     code: i32,
     stdout: String,
@@ -125,7 +158,10 @@ fn cmd(argv: &[&str]) -> RunOptions {
 }
 
 fn run(opts: RunOptions) -> guestbox::Result<RunResult> {
-    let base = base();
+    run_on(base(), opts)
+}
+
+fn run_on(base: &Base, opts: RunOptions) -> guestbox::Result<RunResult> {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let outcome = block_on(async {
@@ -299,6 +335,40 @@ fn standin_windows_run_volumes_as_cygwin_paths_and_drive_letters() {
     }];
     let e = run(o).err().expect("G: holds the controller's share");
     assert!(e.to_string().contains("controller's share"), "{e}");
+}
+
+#[test]
+fn standin_windows_uefi_tpm_base_keeps_its_variables_and_tpm_state_and_revives() {
+    let _vm = vm_lock();
+    let base = tpm_base();
+    let m = &base.manifest;
+    let guest = m.pair.guest.as_ref().expect("a firmware guest");
+    assert!(guest.tpm && guest.uefi.as_ref().is_some_and(|u| u.secure_boot));
+    assert!(
+        m.files.contains_key(files::GUEST_VARS),
+        "{:?}",
+        m.files.keys()
+    );
+    let tpm: Vec<&String> = m
+        .files
+        .keys()
+        .filter(|k| k.starts_with(&format!("{}/", files::GUEST_TPM)))
+        .collect();
+    assert!(!tpm.is_empty(), "no TPM state in {:?}", m.files.keys());
+    assert!(store::verify(base).unwrap().is_empty());
+    // A revive restores the TPM from the base's state (swtpm on a copy of it): the guest
+    // sees its TPM 2.0 and the run works.
+    let r = run_on(
+        base,
+        bash("cat /sys/class/tpm/tpm0/tpm_version_major; cygpath -w /"),
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "2\nC:\\cygwin\n");
+    // The base's TPM state and variables are untouched by the run.
+    assert!(store::verify(base).unwrap().is_empty());
+    let left = processes_with(&base.manifest.id);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// An install that never reaches its end marker: 125, the stage named, the console log

@@ -135,7 +135,8 @@ pub struct BootstrapArgs {
     pub image: ImageArgs,
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Seconds the guest may take to install and boot.
+    /// Seconds the guest may take to boot until it is ready (Windows: its first boot until
+    /// SSH answers; the install has --install-timeout).
     #[arg(long, default_value = "600", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
     #[command(flatten)]
@@ -197,7 +198,8 @@ pub struct WindowsArgs {
     /// pressed over QMP, the end read from COM1) instead of its script.
     #[arg(long, requires = "emit")]
     pub run_install: bool,
-    /// How long the install stage may take before it is stopped.
+    /// How long the Windows install may take before it is stopped (then its console and a
+    /// screenshot are kept, and the error names them).
     #[arg(long, default_value = "12h", value_parser = parse_duration)]
     pub install_timeout: std::time::Duration,
 }

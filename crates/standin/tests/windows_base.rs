@@ -120,6 +120,44 @@ fn base() -> &'static Base {
     })
 }
 
+/// The `windows-xp` profile (pc, IDE, rtl8139, winnt.sif, SMB1) base, bootstrapped once.
+fn xp_base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut s =
+            WindowsSettings::new(WinKind::WindowsXp, Secret::new("unused"), PLACEHOLDER_KEY);
+        s.computer_name = "STANDIN-XP".into();
+        s.product_key = Some("AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into());
+        let mirror =
+            standin::mirror::cygwin_mirror(&cache_dir().join("mirror-x86"), CygwinArch::X86)
+                .unwrap();
+        let hw = guestbox::profile::windows::Hardware::new(&s, guestbox::machine::Accel::Tcg);
+        let profile = Profile::WindowsXp(WindowsProfile::new(
+            &s,
+            hw.disk_gib,
+            Some(Sources {
+                iso: iso().path,
+                mirror,
+                admin_password: Some(Secret::new("Stand-in-Pa55")),
+                product_key: s.product_key.clone(),
+                install_timeout: Duration::from_secs(1500),
+            }),
+        ));
+        let mut opts = options(profile, Some("standin-windows-xp"));
+        opts.memory_mib = hw.memory_mib;
+        let started = Instant::now();
+        let base = block_on(bootstrap(&dirs(), &opts, &Progress::quiet()))
+            .unwrap_or_else(|e| panic!("bootstrapping the stand-in XP base failed: {e}"));
+        eprintln!(
+            "stand-in windows-xp base {} in {:.1} s; stages: {:?}",
+            &base.manifest.id[..12],
+            started.elapsed().as_secs_f64(),
+            base.manifest.timings
+        );
+        base
+    })
+}
+
 /// The UEFI + Secure Boot + TPM base (4 GiB, 2 CPUs: what Windows 11 checks for without
 /// the bypass keys), bootstrapped once.
 fn tpm_base() -> &'static Base {
@@ -369,6 +407,40 @@ fn standin_windows_uefi_tpm_base_keeps_its_variables_and_tpm_state_and_revives()
     assert!(store::verify(base).unwrap().is_empty());
     let left = processes_with(&base.manifest.id);
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn standin_windows_xp_base_runs_with_a_drive_letter_and_a_cygwin_path_over_smb1() {
+    let _vm = vm_lock();
+    let base = xp_base();
+    let m = &base.manifest;
+    assert_eq!(m.profile, "windows-xp");
+    let guest = m.pair.guest.as_ref().expect("a firmware guest");
+    assert!(guest.machine.starts_with("pc-i440fx-"), "{}", guest.machine);
+    assert!(guest.uefi.is_none() && !guest.tpm && !guest.generation_id);
+    assert!(store::verify(base).unwrap().is_empty());
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("in.txt"), "xp input\n").unwrap();
+    let mut o = bash("id -un; cat /cygdrive/t/in.txt; echo out > /work/made.txt; exit 4");
+    o.session.volumes = vec![
+        Volume {
+            host: src.path().into(),
+            guest: "T:".into(),
+            readonly: true,
+        },
+        Volume {
+            host: src.path().into(),
+            guest: "/work".into(),
+            readonly: false,
+        },
+    ];
+    let r = run_on(base, o).unwrap();
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert_eq!(r.stdout, "Administrator\nxp input\n");
+    assert_eq!(
+        std::fs::read_to_string(src.path().join("made.txt")).unwrap(),
+        "out\n"
+    );
 }
 
 /// An install that never reaches its end marker: 125, the stage named, the console log

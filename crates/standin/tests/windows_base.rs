@@ -27,10 +27,15 @@ use common::{cache_dir, iso, vm_lock};
 /// The images cache of guestbox's own VM tests (the controller's kernel and disk), so that
 /// this lane does not build them again; bases and failures go to a home of this file's.
 fn dirs() -> Dirs {
-    let shared = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/guestbox-test-home/deep-on-purpose-to-exceed-the-unix-socket-path-limit"
-    ));
+    // The same home as guestbox-core's tests/common.
+    let shared = std::env::var_os("GUESTBOX_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/guestbox-test-home/deep-on-purpose-to-exceed-the-unix-socket-path-limit"
+            ))
+        });
     Dirs {
         cache: shared.join("cache"),
         data: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("standin-windows-home"),
@@ -298,6 +303,14 @@ fn standin_windows_run_exit_codes_and_split_streams() {
     );
     let r = run(cmd(&["no-such-command-here"])).unwrap();
     assert_eq!(r.code, 127, "{}", r.stderr);
+    // The clock of the revived snapshot is set to host time (it stood still while frozen).
+    let r = run(cmd(&["date", "+%s"])).unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let guest: i64 = r.stdout.trim().parse().unwrap();
+    assert!((host - guest).abs() <= 3, "guest {guest}, host {host}");
 }
 
 #[test]

@@ -667,6 +667,15 @@ impl Drop for Smb {
 
 /// guestbox's per-run script (`guestbox::profile::windows::run_script`) for `argv` in /src, with
 /// volume slot 0 (the share root's subdirectory `vol0`) bound at /src.
+/// guestbox's bootstrap script for a Windows guest: the share root mapped with `net use`
+/// (persistently) and mounted in Cygwin, which every later run binds its volumes from.
+pub fn setup_script(smb_password: &str) -> String {
+    guestbox::profile::windows::run::setup_script(smb_password).unwrap()
+}
+
+/// What `net use` says on stdout when it mapped a drive (the setup script leaves it there).
+pub const NET_USE_OK: &str = "The command completed successfully.\r\n\r\n";
+
 pub fn run_script(argv: &[&str], smb_password: &str) -> String {
     let tags = link::shares::all_tags();
     let job = guestbox::profile::GuestJob {

@@ -127,10 +127,15 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
                 stage: win::STAGE_INSTALL.into(),
                 problem: "it was not emitted".into(),
             })?;
+        // The stage's paths are relative to DIR, as in its script; its disk is made as the
+        // script makes it.
+        let mut install = install.clone();
+        install.spec.cwd = Some(report.dir.clone());
+        win::install::create_disk(&report.dir.join(win::DISK_FILE), hw.disk_gib).await?;
         // A failed install keeps its console and a screenshot next to the stage scripts.
         let keep = report.dir.join("failed-install");
         let done =
-            win::install::run_install(&qemu, install, w.install_timeout, &keep, progress).await?;
+            win::install::run_install(&qemu, &install, w.install_timeout, &keep, progress).await?;
         println!(
             "install stage done in {:.0} s (COM1: {}); next: the first-boot script",
             done.took.as_secs_f64(),
@@ -196,11 +201,6 @@ async fn full_bootstrap(
     progress: &Progress,
 ) -> Result<i32> {
     let w = &args.windows;
-    if w.run_install {
-        return Err(Error::Usage(
-            "--run-install is for --emit DIR; without --emit the bootstrap runs every stage".into(),
-        ));
-    }
     // The install makes its own controller key and (unless given) password; the profile
     // records only the choices, so these placeholders go nowhere.
     let settings = choices(

@@ -34,7 +34,10 @@ pub(crate) fn start() -> io::Result<PathBuf> {
     for tag in shares::all_tags() {
         fs::create_dir_all(Path::new(shares::SHARE_ROOT).join(tag))?;
     }
-    smb::start()?;
+    // The guest profile's choice, made at bootstrap (see link::shares::Semantics).
+    let semantics = shares::Semantics::from_cmdline(&fs::read_to_string("/proc/cmdline")?)
+        .map_err(io::Error::other)?;
+    smb::start(semantics)?;
     let port = find_port(proto::CONTROL_PORT)?;
     console(markers::CONTROLLER_READY);
     Ok(port)

@@ -1,10 +1,13 @@
 //! `guestbox bench`: the speed and memory figures, measured in one go and printed as a
 //! table of medians and ratios. Targets are checked here, not in timed tests.
 
+mod transfer;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guestbox::bootstrap::{bootstrap, BootstrapOptions};
+use guestbox::host::programs::{self, Program};
 use guestbox::host::Dirs;
 use guestbox::images::GuestRecipe;
 use guestbox::machine::accel::AccelChoice;
@@ -26,7 +29,12 @@ pub struct BenchOptions {
 
 impl BenchOptions {
     fn wants(&self, s: Section) -> bool {
-        self.only.is_empty() || self.only.contains(&s)
+        if self.only.is_empty() {
+            // Not by default: the registry rows need Debian's docker-registry, the tree
+            // rows a base of their own and minutes of emulated round trips.
+            return !matches!(s, Section::Registry | Section::Tree);
+        }
+        self.only.contains(&s)
     }
 }
 
@@ -104,6 +112,12 @@ pub enum Section {
     Cold,
     /// Writes to a shared directory against the guest's own disk.
     Write,
+    /// Push and pull of the base through a registry of its own on loopback, against curl
+    /// moving the same blobs (not in the default set: it needs Debian's docker-registry).
+    Registry,
+    /// `find` + `stat` and `git status` over a 10 000-file tree, shared read-only against
+    /// the guest's own disk.
+    Tree,
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -129,8 +143,20 @@ async fn base_with(
     accel: AccelChoice,
     progress: &Progress,
 ) -> Result<Base> {
+    base_with_packages(dirs, memory_mib, accel, &[], progress).await
+}
+
+async fn base_with_packages(
+    dirs: &Dirs,
+    memory_mib: u64,
+    accel: AccelChoice,
+    packages: &[&str],
+    progress: &Progress,
+) -> Result<Base> {
     let opts = BootstrapOptions {
-        profile: Profile::Debian(GuestRecipe::new(vec![])),
+        profile: Profile::Debian(GuestRecipe::new(
+            packages.iter().map(|p| p.to_string()).collect(),
+        )),
         name: None,
         memory_mib,
         cpus: 1,
@@ -152,9 +178,21 @@ struct Revived {
 }
 
 async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> {
+    revive_many_as(dirs, base, count, false).await
+}
+
+/// [`revive_many`], `unconfined`: without the QEMUs' sandbox and user change (to measure
+/// what they cost).
+async fn revive_many_as(
+    dirs: &Dirs,
+    base: &Base,
+    count: usize,
+    unconfined: bool,
+) -> Result<Revived> {
     let store = Store::new(dirs);
     let opts = SessionOptions {
         boot_timeout: Duration::from_secs(60),
+        unconfined,
         ..SessionOptions::default()
     };
     let ours = own_cpu();
@@ -180,6 +218,34 @@ async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> 
         s.discard().await;
     }
     Ok(Revived { wall, memory, cpu })
+}
+
+/// Medians of revives confined ([0]) and not ([1]): wall time and CPU per pair.
+struct Cost {
+    wall: [f64; 2],
+    cpu: [f64; 2],
+}
+
+/// Revives `base` `rounds` times confined and `rounds` times not, the order alternating
+/// from round to round: one kind always right after the other would pay for it (the
+/// other's teardown, caches) and load drifts alike over both.
+async fn confinement_cost(dirs: &Dirs, base: &Base, rounds: usize) -> Result<Cost> {
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for kind in order {
+            let r = revive_many_as(dirs, base, 1, kind == 1).await?;
+            wall[kind].push(secs(r.wall));
+            cpu[kind].push(r.cpu.iter().sum::<f64>());
+        }
+    }
+    let [w0, w1] = wall;
+    let [c0, c1] = cpu;
+    Ok(Cost {
+        wall: [median(w0), median(w1)],
+        cpu: [median(c0), median(c1)],
+    })
 }
 
 /// Seconds `guestbox run --base ID -- true` takes as a separate process: what a user sees,
@@ -299,6 +365,144 @@ async fn write_throughput(
     Ok(100.0 / (ns / 1e9))
 }
 
+/// Directories × files of the tree the walk rows use (10 000 files).
+const TREE_DIRS: usize = 100;
+const TREE_FILES: usize = 100;
+
+/// The host's git commits the tree: the index then holds the host's stat data, which the
+/// guest must see unchanged (inode, owner, mode, size, times to the second) for
+/// `git status` to trust it, as it does for a checkout of yours. Made in the guest instead,
+/// the index would cost every file read once more over SMB.
+const HOST_GIT: Program = Program {
+    name: "git",
+    package: "git",
+    why: "guestbox bench commits its 10 000-file tree on the host, as a checkout the guest reads",
+};
+
+/// Shell that writes the tree into the current directory: `dNN/fNN.txt`, each four lines
+/// `file NN NN`. The guest runs it for its local copy; [`make_tree`] writes the same.
+fn tree_shell() -> String {
+    format!(
+        "for d in $(seq -w 0 {}); do mkdir d$d; for f in $(seq -w 0 {}); do \
+         printf 'file %s %s\\n' $d $f $d $f $d $f $d $f > d$d/f$f.txt; done; done",
+        TREE_DIRS - 1,
+        TREE_FILES - 1
+    )
+}
+
+/// The git steps that make the current directory a repository of what it holds, packed
+/// (10 000 loose objects would be walked too). Host and guest run the same.
+const GIT_STEPS: &[&[&str]] = &[
+    &["init", "-q"],
+    &["add", "-A"],
+    &[
+        "-c",
+        "user.name=bench",
+        "-c",
+        "user.email=bench@localhost",
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-qm",
+        "tree",
+    ],
+    &["repack", "-adq"],
+    &["prune-packed"],
+];
+
+/// [`GIT_STEPS`] as one shell command line (every word is plain: no quoting needed).
+fn git_commit_shell() -> String {
+    GIT_STEPS
+        .iter()
+        .map(|args| format!("git {}", args.join(" ")))
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// Writes the tree on the host and commits it with the host's git.
+fn make_tree(tree: &Path) -> Result<()> {
+    let git = programs::require(&[HOST_GIT])?.remove(0);
+    for d in 0..TREE_DIRS {
+        let dir = tree.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        for f in 0..TREE_FILES {
+            let file = dir.join(format!("f{f:02}.txt"));
+            std::fs::write(&file, format!("file {d:02} {f:02}\n").repeat(4))
+                .ctx(|| format!("writing {}", file.display()))?;
+        }
+    }
+    for args in GIT_STEPS {
+        let out = std::process::Command::new(&git)
+            .args(*args)
+            .current_dir(tree)
+            // Yours stays out of it (hooks, signing, templates).
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ctx(|| "running git on the host")?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                what: format!("git {} on the host (the benchmark tree)", args.join(" ")),
+                status: out.status.to_string(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Seconds of `find` (with an lstat of every entry) and of `git status` over the tree
+/// shared read-only, then over the same tree made on the guest's disk:
+/// `[find shared, git shared, find local, git local]`. One pass each: over SMB a pass
+/// costs about a minute under TCG, and the shared one is measured cold, as every run
+/// meets its shares.
+async fn tree_walks(dirs: &Dirs, base: &Base, tree: &Path) -> Result<[f64; 4]> {
+    let script = format!(
+        "set -e; t() {{ s=$(date +%s%N); \"$@\" >/tmp/t.out; e=$(date +%s%N); echo $((e - s)); }}; \
+         walk() {{ find \"$1\" -printf '%p %s %m %U %T@\\n'; }}; \
+         st() {{ git -c safe.directory='*' -C \"$1\" status --porcelain; }}; \
+         echo \"find /src $(t walk /src)\"; echo \"git /src $(t st /src)\"; \
+         test ! -s /tmp/t.out || {{ echo 'git status is not clean in the share:' >&2; head /tmp/t.out >&2; exit 1; }}; \
+         mkdir /root/tree; cd /root/tree; {tree}; {commit}; cd /; \
+         echo \"find /root/tree $(t walk /root/tree)\"; echo \"git /root/tree $(t st /root/tree)\"; \
+         test ! -s /tmp/t.out",
+        tree = tree_shell(),
+        commit = git_commit_shell(),
+    );
+    let mut opts = command(&["sh", "-c", &script]);
+    opts.session.volumes = vec![Volume {
+        host: tree.to_path_buf(),
+        guest: "/src".into(),
+        readonly: true,
+    }];
+    let (_, out) = quiet_run(dirs, base, &opts).await?;
+    let bad = || Error::Command {
+        what: "timing the tree walks in the guest".into(),
+        status: "unexpected output".into(),
+        detail: out.clone(),
+    };
+    let mut got = [f64::NAN; 4];
+    for (slot, (what, dir)) in [
+        ("find", "/src"),
+        ("git", "/src"),
+        ("find", "/root/tree"),
+        ("git", "/root/tree"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("{what} {dir} ");
+        let ns: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(bad)?;
+        got[slot] = ns / 1e9;
+    }
+    Ok(got)
+}
+
 pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Result<Vec<Row>> {
     let n = opts.runs.max(1);
     let store = Store::new(dirs);
@@ -405,6 +609,64 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
             ">= 80%",
         ));
     }
+    if opts.wants(Section::Registry) {
+        rows.extend(transfer::rows(&small, n, progress).await?);
+    }
+    if opts.wants(Section::Tree) {
+        // git must be in the guest: a base of its own (cached like the others).
+        let with_git =
+            base_with_packages(dirs, opts.small_mib, opts.accel, &["git"], progress).await?;
+        let files = TREE_DIRS * TREE_FILES;
+        let step = progress.step(format!(
+            "a {files}-file git tree: find + stat and git status, shared read-only and on the guest's disk"
+        ));
+        let tree = tempfile::tempdir().ctx(|| "creating a temporary directory")?;
+        make_tree(tree.path())?;
+        let [find_sh, git_sh, find_lo, git_lo] = tree_walks(dirs, &with_git, tree.path()).await?;
+        step.done();
+        rows.push(Row::new(
+            "tree_find_shared_s",
+            &format!("find + stat, {files} files, shared read-only (SMB)"),
+            find_sh,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_find_local_s",
+            &format!("find + stat, {files} files, on the guest's disk"),
+            find_lo,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_find_shared_vs_local",
+            "  shared / local",
+            find_sh / find_lo,
+            "x",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_shared_s",
+            &format!("git status, {files} files, shared read-only (SMB)"),
+            git_sh,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_local_s",
+            &format!("git status, {files} files, on the guest's disk"),
+            git_lo,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "tree_git_status_shared_vs_local",
+            "  shared / local",
+            git_sh / git_lo,
+            "x",
+            "",
+        ));
+    }
     Ok(rows)
 }
 
@@ -435,6 +697,14 @@ async fn revive_rows(
         }
         rev_big.push(secs(revive_many(dirs, &big, 1).await?.wall));
     }
+    step.done();
+    let rounds = 4 * n;
+    let step = progress.step(format!(
+        "what confinement costs: {rounds} revives with it and {rounds} without, alternating"
+    ));
+    let cost = confinement_cost(dirs, small, rounds).await?;
+    step.done();
+    let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
     let mut private4 = Vec::new();
     let mut cpu4 = [Vec::new(), Vec::new(), Vec::new()];
@@ -486,6 +756,20 @@ async fn revive_rows(
             "<= 2 (cores)",
         ),
     ];
+    rows.push(Row::text(
+        "confinement_cost",
+        "  confinement (seccomp, no root), per revive",
+        format!(
+            "{:+.1} ms wall ({:.3} vs {:.3} s), {:+.1} ms CPU ({:.3} vs {:.3} CPU-s)",
+            (cost.wall[0] - cost.wall[1]) * 1e3,
+            cost.wall[0],
+            cost.wall[1],
+            (cost.cpu[0] - cost.cpu[1]) * 1e3,
+            cost.cpu[0],
+            cost.cpu[1],
+        ),
+        "a few ms",
+    ));
     // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how
     // many revives fit in the time of one.
     let cpu_split = |cpu: [Vec<f64>; 3]| {

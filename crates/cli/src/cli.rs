@@ -53,6 +53,157 @@ pub enum Command {
     Bench(BenchArgs),
     /// Open an interactive shell (with a terminal) in a revived guest.
     Shell(ShellArgs),
+    /// Check this host and a base: programs, KVM, space; unique randomness, the clock, a
+    /// share's POSIX fidelity, no route out. Exits 1 naming what failed.
+    Doctor(DoctorArgs),
+    /// Join a Bazel Remote Execution farm as a bot whose actions run in revived guests.
+    Worker(WorkerArgs),
+    /// GitLab Runner custom executor driver: config, prepare, run, cleanup.
+    Gitlab(GitlabArgs),
+    /// Nix's builder for derivations made by nix/guestbox.nix (reads the derivation's
+    /// attributes from the environment).
+    #[command(hide = true)]
+    NixBuilder,
+    /// Push a base to an OCI registry as REGISTRY/REPOSITORY:TAG.
+    ///
+    /// What is sent: the base's disks, RAM files, device states, kernel and initrds, its
+    /// sealed manifest, and its secrets.json, which holds the SSH client key and the SMB
+    /// password its two VMs use on their private link. Whoever can pull the reference can
+    /// read all of it, those included: push only where you would keep the base's disks.
+    /// The two credentials open nothing but VMs revived from this base (or made from its
+    /// guest image), which listen on their private link only; the base's frozen memory
+    /// holds them anyway, and `run --cold` needs the file.
+    ///
+    /// Parts the repository has are not sent again (a second push sends nothing), parts
+    /// another repository of the registry has are mounted, an interrupted push resumes.
+    /// Credentials: GUESTBOX_REGISTRY_USER and GUESTBOX_REGISTRY_PASSWORD, else the file
+    /// REGISTRY_AUTH_FILE names, else $DOCKER_CONFIG/config.json or ~/.docker/config.json
+    /// (`docker login`); none: anonymous. HTTPS always; plain HTTP only for localhost,
+    /// 127.0.0.1, [::1] and --insecure-registry hosts.
+    Push(PushArgs),
+    /// Pull a base from an OCI registry into the store (REF: REGISTRY/REPOSITORY:TAG or
+    /// ...@sha256:DIGEST).
+    ///
+    /// Every part is checked against its digest as it arrives, the base is put together in
+    /// a temporary directory and registered only once every file matches the checksums in
+    /// its sealed manifest. A base already in the store is not pulled again. A base made by
+    /// another QEMU or machine type is pulled with a warning and refused by `run` as a
+    /// local one would be; one made by another guestbox build (another controller agent)
+    /// is refused before anything is downloaded. An interrupted pull resumes: what it
+    /// downloaded stays in the data directory's registry/pull for a week (`gc` removes it
+    /// after that). Credentials and TLS as for `push`.
+    Pull(PullArgs),
+}
+
+impl Command {
+    /// Whether the command handles SIGTERM and SIGINT itself (instead of stopping at once).
+    pub fn handles_signals(&self) -> bool {
+        matches!(self, Command::Worker(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The base to check [default: the default base, if there is one].
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Revives for the randomness check.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub revives: u32,
+}
+
+/// `guestbox gitlab`: the stages of GitLab Runner's custom executor (`[runners.custom]`
+/// config_exec, prepare_exec, run_exec, cleanup_exec). Reads the job from the runner's
+/// environment (CUSTOM_ENV_CI_RUNNER_ID, CUSTOM_ENV_CI_JOB_ID, ...); exits with
+/// BUILD_FAILURE_EXIT_CODE when the job failed and SYSTEM_FAILURE_EXIT_CODE when guestbox did.
+#[derive(Debug, Args)]
+pub struct GitlabArgs {
+    #[command(subcommand)]
+    pub stage: GitlabStage,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitlabStage {
+    /// config_exec: print the builds and cache directories (host directories, shared into
+    /// the guest at the same paths) and the driver.
+    Config,
+    /// prepare_exec: revive the job's base and keep it for the job's later stages.
+    Prepare(GitlabPrepareArgs),
+    /// run_exec: run one stage's script in the job's guest (bash, output live); the stages
+    /// that fetch and store sources, caches and artifacts run on the host.
+    Run {
+        /// The script GitLab Runner wrote for the stage.
+        script: PathBuf,
+        /// The stage's name (prepare_script, get_sources, step_script, after_script, ...).
+        stage: String,
+    },
+    /// cleanup_exec: discard the job's guest and its builds directory.
+    Cleanup,
+    /// The per-job process that holds the guest (started by prepare).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GitlabPrepareArgs {
+    /// The base for jobs that name none. A job names one with the variable GUESTBOX_BASE
+    /// or, failing that, its image: (first match wins: GUESTBOX_BASE, image, --base).
+    #[arg(long, value_name = "BASE")]
+    pub base: Option<String>,
+    /// The guest goes away after this long without a stage (a runner that died).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// The guest goes away after this long whatever happens [default: the job's timeout
+    /// (CI_JOB_TIMEOUT, else 3 h) plus 10 minutes].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub job_dir: PathBuf,
+    /// The base's id.
+    #[arg(long)]
+    pub base: String,
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    #[arg(long, value_parser = parse_duration)]
+    pub max_job_time: std::time::Duration,
+}
+
+/// `guestbox worker`: a Remote Workers API bot (BuildGrid and other REAPI farms).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The farm's bots endpoint (plain-text gRPC).
+    #[arg(long, value_name = "grpc://HOST:PORT")]
+    pub reapi: String,
+    /// The REAPI instance name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub instance: String,
+    /// A base to run actions in (name or id; repeatable). Each is advertised as the platform
+    /// property guestbox-base=<its id>, with OSFamily of its profile.
+    #[arg(long = "base", value_name = "BASE", required = true)]
+    pub bases: Vec<String>,
+    /// Actions run at once (each in its own revived guest).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// On SIGTERM/SIGINT, how long running actions may take before they are stopped and
+    /// given back to the farm [default: as long as they take]. A second signal stops them
+    /// at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+    /// Where input roots are laid out [default: worker/ in guestbox's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// This bot's id in the farm [default: HOSTNAME-PID].
+    #[arg(long, value_name = "ID")]
+    pub bot_id: Option<String>,
+    /// How long one long-poll for work lasts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub poll_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -229,7 +380,10 @@ pub struct JobArgs {
     /// INSECURE, for debugging a flaky build only: replay the snapshot's randomness bit
     /// for bit. Every run then sees the same random numbers, keys, tokens and UUIDs as
     /// every other run of this base (processes that run side by side may still take them
-    /// in another order). By default each revive is a new VM generation and the guest's
+    /// in another order, anything in the kernel that draws at a moment set by timing
+    /// shifts what comes after it, and the kernel reseeds itself from interrupt timings once
+    /// its reseed interval has passed since the freeze: half the guest's uptime then, at
+    /// least 1 s, at most 60 s). By default each revive is a new VM generation and the guest's
     /// kernel is reseeded from the host before the command starts.
     #[arg(long)]
     pub replay_snapshot_randomness: bool,
@@ -284,7 +438,7 @@ pub struct BenchArgs {
     /// (descriptors, processes, disk use, drift) after --parallel runs at once.
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
-    /// Only these sections (comma-separated) [default: all].
+    /// Only these sections (comma-separated) [default: all but registry and tree].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<crate::bench::Section>,
     /// The rows as JSON (key, what, value, number, unit, target) instead of a table.
@@ -293,6 +447,10 @@ pub struct BenchArgs {
     /// Runs at once for --soak's load figure.
     #[arg(long, default_value_t = 8, requires = "soak")]
     pub parallel: usize,
+    /// Only the push and pull figures (a registry of its own on 127.0.0.1, and curl):
+    /// the same as --only registry.
+    #[arg(long, conflicts_with_all = ["soak", "only"])]
+    pub registry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -783,4 +941,60 @@ mod fuzz {
             prop_assert_eq!(check_duration(&s)?, None, "{:?}", s);
         }
     }
+}
+
+/// How to reach a registry: shared by `push` and `pull`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP to this registry (HOST or HOST:PORT) when HTTPS fails; repeatable.
+    /// localhost, 127.0.0.1 and [::1] always may.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Trust the CA certificates in this PEM file too (a registry with its own CA, as
+    /// docker's certs.d/HOST/ca.crt); repeatable.
+    #[arg(long = "ca-certificate", value_name = "PEM")]
+    pub ca_certificates: Vec<PathBuf>,
+    /// Print the result as JSON on stdout: the transfer report (bytes on the wire, blobs
+    /// moved and skipped, seconds) and the base id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The base (name or id).
+    pub base: String,
+    /// Where to: REGISTRY[:PORT]/REPOSITORY:TAG, e.g. registry.example:5000/team/debian-build:v3.
+    #[arg(value_name = "REF", value_parser = parse_reference)]
+    pub reference: oci::Reference,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Cut files into parts of this size (e.g. 64M); a cut connection costs at most one
+    /// part, and a pull can only resume whole parts it has [default: 256M].
+    #[arg(long, value_parser = parse_size_mib, value_name = "SIZE")]
+    pub part_size: Option<u64>,
+    /// Bytes per upload request (PATCH) [default: 16M, at most the part size].
+    #[arg(long, value_parser = parse_size_mib, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    /// zstd level of the parts, 1-22: lower pushes faster, higher sends fewer bytes
+    /// [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What: REGISTRY[:PORT]/REPOSITORY:TAG or REGISTRY[:PORT]/REPOSITORY@sha256:DIGEST.
+    #[arg(value_name = "REF", value_parser = parse_reference)]
+    pub reference: oci::Reference,
+    /// A name for the pulled base (an alias, as `bootstrap --name` gives).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `REGISTRY/REPOSITORY[:TAG][@DIGEST]`, as docker writes it.
+pub fn parse_reference(s: &str) -> Result<oci::Reference, String> {
+    s.parse().map_err(|e: oci::Error| e.to_string())
 }

@@ -20,6 +20,12 @@ use crate::cli::{
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     let progress = crate::report::progress(cli.quiet);
     match cli.command {
+        Command::Push(args) => Ok(crate::registry::exit_code(
+            crate::registry::push(&args, &progress, cli.quiet).await,
+        )),
+        Command::Pull(args) => Ok(crate::registry::exit_code(
+            crate::registry::pull(&args, &progress, cli.quiet).await,
+        )),
         Command::Images(args) => {
             let built = images(&args.image, &progress).await?;
             println!("kernel      {}", built.kernel.dir.display());
@@ -48,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             let mut json = serde_json::to_value(&base.manifest).ctx(|| "printing the manifest")?;
             json["names"] = serde_json::json!(base.names);
             json["path"] = serde_json::json!(base.dir);
+            json["origin"] = serde_json::json!(base.origin());
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).ctx(|| "printing the manifest")?
@@ -129,7 +136,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 small_mib: 1024,
                 big_mib: args.big_memory,
                 accel: args.accel.into(),
-                only: args.only.clone(),
+                only: if args.registry {
+                    vec![crate::bench::Section::Registry]
+                } else {
+                    args.only.clone()
+                },
             };
             let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
             crate::bench::report(
@@ -140,6 +151,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Shell(args) => shell(args, &progress).await,
+        Command::Doctor(args) => {
+            crate::doctor::doctor(args.base.as_deref(), args.revives, &progress).await
+        }
+        Command::Worker(args) => crate::worker::worker(args).await,
+        Command::Gitlab(args) => crate::gitlab::gitlab(args).await,
+        Command::NixBuilder => crate::nix::nix_builder().await,
     }
 }
 
@@ -159,7 +176,7 @@ fn bootstrap_options(args: &BootstrapArgs) -> Result<BootstrapOptions> {
 }
 
 /// The name the default Debian base gets, so later runs find it without re-deriving it.
-const DEFAULT_BASE: &str = "default";
+pub(crate) const DEFAULT_BASE: &str = "default";
 
 async fn default_base(image: &ImageArgs, vm: &VmArgs, progress: &Progress) -> Result<Base> {
     let store = store()?;
@@ -250,6 +267,7 @@ async fn job(job: &JobArgs, argv: Vec<String>, progress: &Progress) -> Result<(B
             cold: job.cold,
             boot_timeout: Duration::from_secs(600),
             replay_snapshot_randomness: job.replay_snapshot_randomness,
+            unconfined: false,
         },
         command: JobCommand {
             argv,
@@ -355,6 +373,7 @@ fn ls(json: bool) -> Result<i32> {
                     "cpus": b.manifest.pair.guest_cpus,
                     "accel": b.manifest.pair.accel,
                     "disk_bytes": b.disk_usage(),
+                    "origin": b.origin(),
                 }),
                 Listed::Damaged { id, problem } => serde_json::json!({
                     "id": id,
@@ -370,8 +389,8 @@ fn ls(json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  CREATED",
-        "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK"
+        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  {:<20}  ORIGIN",
+        "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK", "CREATED"
     );
     let mut damaged = Vec::new();
     for l in &listed {
@@ -385,7 +404,7 @@ fn ls(json: bool) -> Result<i32> {
         };
         let m = &b.manifest;
         println!(
-            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {}",
+            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {:<20}  {}",
             &m.id[..12.min(m.id.len())],
             if b.names.is_empty() {
                 "-".to_string()
@@ -397,7 +416,8 @@ fn ls(json: bool) -> Result<i32> {
             m.pair.guest_cpus,
             m.pair.accel.qemu_name(),
             b.disk_usage() >> 20,
-            m.created
+            m.created,
+            b.origin().describe(true)
         );
     }
     for (id, problem) in damaged {

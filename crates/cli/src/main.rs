@@ -4,11 +4,16 @@ mod bench;
 mod bench_run;
 mod cli;
 mod commands;
+mod doctor;
 #[cfg(test)]
 mod fuzz_args;
+mod gitlab;
+mod nix;
+mod registry;
 mod report;
 mod terminal;
 mod windows;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -29,15 +34,23 @@ fn main() -> ExitCode {
     };
     // One thread: children get PR_SET_PDEATHSIG from the thread that spawned them, and that
     // thread must live as long as guestbox does.
+    // `worker` drains on SIGTERM/SIGINT instead of stopping at once: it listens itself.
+    let own_signals = args.command.handles_signals();
     let code = runtime.block_on(async {
-        tokio::select! {
-            result = commands::dispatch(args) => match result {
+        let result = async {
+            match commands::dispatch(args).await {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("guestbox: error: {e}");
                     e.exit_code()
                 }
-            },
+            }
+        };
+        if own_signals {
+            return result.await;
+        }
+        tokio::select! {
+            code = result => code,
             signal = interrupted() => {
                 eprintln!("guestbox: {signal}: stopping and cleaning up");
                 130

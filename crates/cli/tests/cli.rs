@@ -1,7 +1,7 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text};
+use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text, Tmux};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1129,57 +1129,6 @@ fn windows_emit_gives_identical_floppy_and_iso_for_the_same_inputs() {
     }
 }
 
-/// A tmux server of this test's own, on a private socket, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(name: &str) -> Tmux {
-        Tmux {
-            socket: format!("guestbox-test-{name}-{}", std::process::id()),
-        }
-    }
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux (scripts/setup --with-tests installs it)")
-    }
-    /// The visible screen, one string per line, trailing blanks trimmed.
-    fn screen(&self) -> Vec<String> {
-        let o = self.cmd(&["capture-pane", "-p", "-t", "t"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| l.trim_end().to_string())
-            .collect()
-    }
-    /// Waits until a line of the screen satisfies `found`; returns the screen.
-    fn wait_for(&self, what: &str, found: impl Fn(&str) -> bool) -> Vec<String> {
-        let started = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.iter().any(|l| found(l)) {
-                return screen;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "no {what} on the screen:\n{}",
-                screen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
-}
-
 /// `guestbox shell` as a person uses it, in a real 120x30 terminal (tmux): each output line
 /// starts in the first column (the guest's terminal does its own output processing and the
 /// host passes bytes through), the guest sees the terminal's size, and follows a resize.
@@ -1230,4 +1179,59 @@ fn shell_in_a_real_terminal_draws_no_staircase_and_follows_resizes() {
     tmux.cmd(&["send-keys", "-t", "t", "clear; stty size", "Enter"]);
     tmux.wait_for("the new size", |l| l == "25 100");
     tmux.cmd(&["send-keys", "-t", "t", "exit", "Enter"]);
+}
+
+/// `guestbox doctor` checks the host and the default base and says so in a table; a
+/// qemu-img of another QEMU release than qemu-system-x86_64 is named, and fails it.
+#[test]
+fn doctor_checks_the_host_and_the_base_and_names_what_fails() {
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = guestbox().arg("doctor").output().unwrap();
+    let (out, err) = text(&o);
+    for (name, verdict) in [
+        ("qemu-system-x86_64", "ok"),
+        ("QEMU release", "ok"),
+        ("free space", "ok"),
+        ("unique randomness", "ok"),
+        ("guest clock", "ok"),
+        ("no route out", "ok"),
+        ("share fidelity", "ok"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(name) && l[name.len()..].trim_start().starts_with(verdict)),
+            "{name} not {verdict}:\n{out}"
+        );
+    }
+    // Nothing fails on a host set up by scripts/setup with the default base.
+    assert!(!out.lines().any(|l| l.contains(" FAIL ")), "{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    // A qemu-img of QEMU 10 beside qemu-system-x86_64 7.2: what a half-done set-up leaves.
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("qemu-img");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = guestbox()
+        .args(["doctor", "--revives", "2"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("QEMU release") && l.contains("FAIL") && l.contains("10.0")),
+        "{out}"
+    );
+    assert!(err.contains("QEMU release"), "{err}");
 }

@@ -6,15 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use link::net;
-
-use std::path::PathBuf;
 
 use media::windows::Profile as WinKind;
 
@@ -23,7 +20,8 @@ use crate::host::process::run_tool;
 use crate::host::{programs, Dirs};
 use crate::images::{self, kernel_append, ControllerImages, DebianSource, Images};
 use crate::machine::accel::{self, AccelChoice};
-use crate::machine::qemu::{self, QemuFacts, Version};
+use crate::machine::confine::{self, Policy};
+use crate::machine::qemu::{QemuFacts, Version};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, PairConfig, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::windows::{self, Hardware, WindowsProfile};
@@ -74,6 +72,9 @@ struct BaseInputs<'a> {
     pair: &'a PairConfig,
     qemu: Version,
     images: [String; 5],
+    /// The guest's bootstrap script (its share mount options live in the snapshot), with
+    /// a stand-in for the per-base password: new options must not revive an old base.
+    guest_setup: String,
 }
 
 fn artifact_name(path: &Path) -> String {
@@ -226,7 +227,11 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         guest_cpus: opts.cpus,
         controller_memory_mib: CONTROLLER_MEMORY_MIB,
         guest_append,
-        controller_append: kernel_append(&controller_init),
+        controller_append: format!(
+            "{} {}",
+            kernel_append(&controller_init),
+            profile.share_semantics().kernel_param()
+        ),
         rtc_base: RTC_BASE.into(),
         guest,
     };
@@ -236,6 +241,7 @@ pub async fn bootstrap(dirs: &Dirs, opts: &BootstrapOptions, progress: &Progress
         pair: &pair,
         qemu: qemu_version,
         images: parts.names(),
+        guest_setup: profile.guest_setup_script("PASSWORD")?,
     };
     let id = crate::images::cache::Key::new("base", &inputs)?.hash;
     let lock = FileLock::exclusive(&store.bases.join(format!(".{id}.lock"))).await?;
@@ -323,7 +329,14 @@ impl Job<'_> {
         };
         let shares = lifecycle::idle_shares(sockets_dir.path())?;
         let mut guest_spec = pair.guest_spec(&files, &ram, &sockets);
-        let controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+        let mut controller_spec = pair.controller_spec(&files, &ram, &sockets, &shares);
+        // Neither VM serves a host directory yet: as root, both become the QEMU user, and
+        // the guest's, which has no 9p device at all, sees an empty root.
+        let policy = Policy::for_host(&store.cache, qemu).await?;
+        guest_spec.confinement = policy
+            .plain()
+            .in_empty_root(&confine::empty_root(sockets_dir.path())?);
+        controller_spec.confinement = policy.plain();
         // Only the guest gets a VM Generation ID: the job's randomness is the guest's. (The
         // controller's kernel would reseed too, but its notification costs a revived TCG
         // controller ~0.1 CPU-s of ACPI interpretation per run, and nothing of a job draws
@@ -377,9 +390,12 @@ impl Job<'_> {
                 }
             };
             let r = match r {
-                Ok(key) => lifecycle::settle(&sockets, self.profile.settle_script()?, SETTLE_QUIET)
-                    .await
-                    .map(|()| key),
+                Ok(key) => {
+                    let seed = crate::host::fs::random_hex(64)?;
+                    lifecycle::settle(&sockets, self.profile.settle_scripts(seed)?, SETTLE_QUIET)
+                        .await
+                        .map(|()| key)
+                }
                 Err(e) => Err(e),
             };
             r
@@ -418,6 +434,7 @@ impl Job<'_> {
             &dir.join(files::CONTROLLER_STATE),
         )
         .await?;
+        crate::machine::tpm::take_back(&dir.join(files::GUEST_TPM))?;
         step.done();
         timings.insert("snapshot".into(), t.elapsed().as_secs_f64());
 
@@ -450,7 +467,7 @@ impl Job<'_> {
         .sealed()?;
         let json = serde_json::to_vec_pretty(&manifest).ctx(|| "writing the manifest")?;
         fs::write(dir.join(store::MANIFEST), json).ctx(|| "writing the manifest")?;
-        seal(dir, !qemu::private_ram_can_be_readonly(self.qemu_version))?;
+        store::import::seal(dir, store::import::ram_mode(store, self.qemu_version))?;
         step.done();
         Ok(())
     }
@@ -588,31 +605,4 @@ fn base_files(dir: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-/// Makes every base file read-only (but the RAM files where QEMU needs to open them RW).
-fn seal(dir: &Path, ram_writable: bool) -> Result<()> {
-    for e in fs::read_dir(dir)
-        .ctx(|| format!("reading {}", dir.display()))?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            // The TPM's state: read-only files in a directory that cannot change.
-            seal(&e.path(), false)?;
-            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o555))
-                .ctx(|| format!("sealing {name}"))?;
-            continue;
-        }
-        let mode = if name == store::SECRETS {
-            0o400
-        } else if ram_writable && (name == files::GUEST_RAM || name == files::CONTROLLER_RAM) {
-            0o644
-        } else {
-            0o444
-        };
-        fs::set_permissions(e.path(), fs::Permissions::from_mode(mode))
-            .ctx(|| format!("sealing {name}"))?;
-    }
-    Ok(())
 }

@@ -127,6 +127,11 @@ pub enum Error {
     )]
     DamagedBase { id: String, problem: String },
 
+    /// A base brought from elsewhere (pulled from a registry) is not what its sealed
+    /// manifest says; nothing of it was registered.
+    #[error("the pulled base {id}: {problem}; nothing was registered. Push it again from a good copy (`guestbox verify` it there first)")]
+    BadImport { id: String, problem: String },
+
     /// An artifact in the image cache is not what it should be.
     #[error("the cached artifact {}: {problem}; remove it (`guestbox gc` or delete the directory) and run again", path.display())]
     DamagedArtifact { path: PathBuf, problem: String },

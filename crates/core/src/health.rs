@@ -8,14 +8,14 @@ use link::{markers, net, proto};
 
 use crate::host::Dirs;
 use crate::images::{kernel_append, Images};
+use crate::machine::confine::{self, Policy};
 use crate::machine::qemu::QemuFacts;
 use crate::machine::spec::{
-    Accel, Boot, DiskFormat, Drive, DriveInterface, Link, Memory, Nic, NicModel, Rtc, SerialPort,
-    VmSpec,
+    Accel, Boot, DiskFormat, Drive, DriveInterface, Memory, Nic, NicModel, Rtc, SerialPort, VmSpec,
 };
 use crate::machine::{overlay, Vm};
 use crate::pair::control::Control;
-use crate::pair::{PairSockets, RunDir, CONTROL_SOCKET};
+use crate::pair::{End, PairSockets, RunDir, CONTROL_SOCKET};
 use crate::store::Store;
 use crate::{Error, IoContext, Result};
 
@@ -68,6 +68,11 @@ pub async fn boot_to_ready(
         .await?
         .machine(qemu, "q35")?;
     let sockets = PairSockets::new(dir)?;
+    // No 9p device: as root, QEMU also sees an empty root.
+    let confinement = Policy::for_host(&dirs.cache, qemu)
+        .await?
+        .plain()
+        .in_empty_root(&confine::empty_root(dir)?);
     let spec = VmSpec {
         name: which.name().into(),
         accel,
@@ -96,10 +101,8 @@ pub async fn boot_to_ready(
                 },
                 ':',
             ),
-            link: Link::UnixDgram {
-                local: sockets.socket("link-local.sock"),
-                remote: sockets.socket("link-peer.sock"),
-            },
+            // The peer's end stays with guestbox, unread: one VM alone has nobody to talk to.
+            link: sockets.link(End::Guest),
         }],
         ports: match which {
             Which::Controller => vec![SerialPort {
@@ -117,6 +120,7 @@ pub async fn boot_to_ready(
         platform: Default::default(),
         inherit: sockets.inherit(),
         cwd: None,
+        confinement,
     };
     let keep = runs.join(format!("last-boot-{}.log", which.name()));
     let result = boot_and_stop(qemu, spec, which, marker, timeout, &sockets).await;

@@ -264,7 +264,8 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
     let store = common::store();
     let before = run_dirs(&store);
     // An exchange directory of its own marks this run's controller among the other tests'
-    // runs; the guest QEMU (not qemu-img, which names the overlay too) is in the same run.
+    // runs; the guest QEMU, which names its console file (its disk comes as a descriptor),
+    // is in the same run.
     let xchg = tempfile::tempdir().unwrap();
     let mut o = cmd(&["sleep", "300"]);
     o.session.xchg = Some(xchg.path().to_path_buf());
@@ -277,7 +278,7 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
         if !ours {
             return None;
         }
-        common::pids_matching(&d.join("guest.qcow2").to_string_lossy())
+        common::pids_matching(&d.join("guest.console.log").to_string_lossy())
             .into_iter()
             .find(|p| {
                 std::fs::read(format!("/proc/{p}/cmdline"))

@@ -86,6 +86,8 @@ fn guest_spec(dir: &std::path::Path, init: &str, disk: std::path::PathBuf) -> Vm
         platform: Default::default(),
         inherit: None,
         cwd: None,
+        // The full sandbox, QEMU staying who the test is.
+        confinement: Default::default(),
     }
 }
 

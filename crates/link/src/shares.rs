@@ -31,3 +31,77 @@ pub const SMB_USER: &str = "guestbox";
 /// The file in the exchange directory that receives the command's exit status, as in the
 /// original.
 pub const EXIT_CODE_FILE: &str = "in-vm-exit";
+
+/// How the share's names and metadata behave for the guest: chosen by the guest profile at
+/// bootstrap, told to the controller on its kernel command line ([`Semantics::KERNEL_ARG`]),
+/// so its Samba starts once with the matching configuration and the choice is part of the
+/// base (it must be the same at the snapshot and every revive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Semantics {
+    /// A local POSIX filesystem: exact mode bits, owners, symlinks, special files,
+    /// case-sensitive byte-exact names (Linux guests; SMB1 with the CIFS Unix Extensions).
+    Posix,
+    /// What Windows clients expect of SMB: case-insensitive Unicode names, DOS attributes.
+    /// The default, so a controller told nothing serves every SMB client as before.
+    #[default]
+    Windows,
+}
+
+impl Semantics {
+    /// The controller's kernel parameter: `guestbox.shares=posix` or `=windows`.
+    pub const KERNEL_ARG: &'static str = "guestbox.shares";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Semantics::Posix => "posix",
+            Semantics::Windows => "windows",
+        }
+    }
+
+    /// `guestbox.shares=posix`, for the controller's kernel command line.
+    pub fn kernel_param(self) -> String {
+        format!("{}={}", Self::KERNEL_ARG, self.name())
+    }
+
+    /// The semantics a kernel command line asks for: the last `guestbox.shares=`, the
+    /// default when there is none; an unknown value is an error naming it.
+    pub fn from_cmdline(cmdline: &str) -> Result<Self, String> {
+        let prefix = format!("{}=", Self::KERNEL_ARG);
+        match cmdline
+            .split_whitespace()
+            .rev()
+            .find_map(|w| w.strip_prefix(&prefix))
+        {
+            None => Ok(Self::default()),
+            Some("posix") => Ok(Semantics::Posix),
+            Some("windows") => Ok(Semantics::Windows),
+            Some(other) => Err(format!(
+                "unknown {prefix}{other} on the kernel command line (posix or windows)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semantics_round_trip_through_a_command_line() {
+        for s in [Semantics::Posix, Semantics::Windows] {
+            let line = format!("console=ttyS0 guestbox.init=/x {}", s.kernel_param());
+            assert_eq!(Semantics::from_cmdline(&line), Ok(s));
+        }
+        assert_eq!(
+            Semantics::from_cmdline("console=ttyS0 quiet"),
+            Ok(Semantics::Windows)
+        );
+        let err = Semantics::from_cmdline("guestbox.shares=nfs").unwrap_err();
+        assert!(err.contains("guestbox.shares=nfs"), "{err}");
+        // A prefix of the parameter's name is not the parameter.
+        assert_eq!(
+            Semantics::from_cmdline("xguestbox.shares=posix"),
+            Ok(Semantics::Windows)
+        );
+    }
+}

@@ -41,7 +41,7 @@ pub use auth::Credentials;
 pub use client::{Client, Options};
 pub use error::{Error, Result};
 pub use format::PartInfo;
-pub use pull::{PullOptions, Pulled, PulledFile};
+pub use pull::{Inspected, PullOptions, Pulled, PulledFile};
 pub use push::PushOptions;
 pub use reference::Reference;
 

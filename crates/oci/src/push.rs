@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -178,11 +177,19 @@ impl Client {
 
         // The futures made first, not in a `map` closure: a closure there makes the whole
         // push future fail `Send` checks (higher-ranked lifetimes), and callers spawn it.
-        let jobs: Vec<_> = inputs.iter().map(|input| ctx.push_part(input)).collect();
-        let layers: Vec<Descriptor> = futures::stream::iter(jobs)
-            .buffered(self.options.concurrency)
+        // Unordered: `buffered` holds a finished part's slot until every earlier part is
+        // done, so one slow part (a disk's, compressing) left cores idle behind it.
+        let jobs: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| ctx.push_numbered(i, input))
+            .collect();
+        let mut numbered: Vec<(usize, Descriptor)> = futures::stream::iter(jobs)
+            .buffer_unordered(self.options.concurrency)
             .try_collect()
             .await?;
+        numbered.sort_by_key(|(i, _)| *i);
+        let layers: Vec<Descriptor> = numbered.into_iter().map(|(_, d)| d).collect();
 
         let config_digest = format::sha256_digest(&base.config);
         ctx.push_small(&config_digest, Bytes::from(base.config.clone()))
@@ -300,26 +307,135 @@ fn plan(base: &Base, opts: &PushOptions) -> Result<Vec<Input>> {
     Ok(inputs)
 }
 
-/// Compresses `length` bytes at `offset` of `path` into one zstd frame.
+/// Input bytes per zstd frame of a part. A part is a run of frames, each compressed in one
+/// call on a contiguous buffer: zstd's streaming mode (data fed in pieces into its own
+/// window buffer, its slower "extDict" match finders) took 12-17% more CPU for the disks
+/// and RAM files of the default base here, for 1.2% more bytes. The window at the default
+/// level is 2 MiB, so 32 MiB frames lose nothing measurable to 256 MiB ones (0.2%);
+/// a frame buffer of 32 MiB per part in flight bounds memory.
+pub const FRAME_INPUT: usize = 32 << 20;
+
+/// Compares in blocks against this many zero bytes.
+const ZERO_BLOCK: usize = 64 << 10;
+static ZEROS: [u8; ZERO_BLOCK] = [0u8; ZERO_BLOCK];
+
+fn all_zero(buf: &[u8]) -> bool {
+    buf.chunks(ZERO_BLOCK).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// The frame zstd makes of `n` zero bytes at `level`, made once per process: a RAM file's
+/// untouched memory is mostly whole frames of zeros, which then cost a compare instead
+/// of a compression (1 GiB of zeros took 0.54 CPU-s to compress here). The bytes are
+/// exactly what compressing the zeros gives, so blobs are the same either way.
+fn zero_frame(
+    comp: &mut zstd::bulk::Compressor<'_>,
+    level: i32,
+    n: usize,
+) -> std::io::Result<Arc<Vec<u8>>> {
+    type Frames = Mutex<HashMap<(i32, usize), Arc<Vec<u8>>>>;
+    static FRAMES: std::sync::OnceLock<Frames> = std::sync::OnceLock::new();
+    let frames = FRAMES.get_or_init(Default::default);
+    if let Some(f) = frames
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(level, n))
+    {
+        return Ok(f.clone());
+    }
+    let frame = Arc::new(comp.compress(&vec![0u8; n])?);
+    frames
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((level, n), frame.clone());
+    Ok(frame)
+}
+
+/// Compresses `length` bytes at `offset` of `path` into zstd frames of [`FRAME_INPUT`]
+/// bytes each (the decoder reads them as one stream).
 pub fn compress_part(path: &Path, offset: u64, length: u64, level: i32) -> Result<Vec<u8>> {
-    let mut file = File::open(path).at("opening", path)?;
-    file.seek(SeekFrom::Start(offset)).at("seeking in", path)?;
+    Ok(compress_frames(path, offset, length, level, FRAME_INPUT)?.0)
+}
+
+/// [`compress_part`] with frames of `frame` input bytes, and the sha256 digest of the
+/// result, computed as each frame is made (no second pass over the blob).
+pub fn compress_frames(
+    path: &Path,
+    offset: u64,
+    length: u64,
+    level: i32,
+    frame: usize,
+) -> Result<(Vec<u8>, String)> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).at("opening", path)?;
     let zerr = |source| Error::Zstd {
         what: format!("compressing {}", path.display()),
         source,
     };
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), level).map_err(zerr)?;
-    enc.set_pledged_src_size(Some(length)).map_err(zerr)?;
-    enc.include_contentsize(true).map_err(zerr)?;
-    let copied = std::io::copy(&mut file.take(length), &mut enc).at("reading", path)?;
-    if copied != length {
-        return Err(Error::Usage(format!(
-            "{} shrank while being pushed ({} bytes short); bases must not change",
-            path.display(),
-            length - copied
-        )));
+    let mut comp = zstd::bulk::Compressor::new(level).map_err(zerr)?;
+    comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+        .map_err(zerr)?;
+    let frame = frame.max(1);
+    let mut input = vec![0u8; frame.min(usize::try_from(length).unwrap_or(frame))];
+    let mut out: Vec<u8> = Vec::new();
+    let mut hasher = Sha256::new();
+    let mut pos = offset;
+    let end = offset + length;
+    // An empty part is one empty frame, as before.
+    loop {
+        let n = frame.min(usize::try_from(end - pos).unwrap_or(frame));
+        let start = out.len();
+        if is_hole(&file, pos, n as u64) {
+            // Not read at all: reading a hole makes the kernel zero-fill page-cache pages,
+            // 2 CPU-s per GiB here, and fills the cache with them.
+            out.extend_from_slice(&zero_frame(&mut comp, level, n).map_err(zerr)?);
+        } else {
+            let buf = &mut input[..n];
+            if let Err(e) = file.read_exact_at(buf, pos) {
+                return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::Usage(format!(
+                        "{} shrank while being pushed; bases must not change",
+                        path.display()
+                    ))
+                } else {
+                    Error::Io {
+                        what: "reading",
+                        path: path.to_path_buf(),
+                        source: e,
+                    }
+                });
+            }
+            if all_zero(buf) {
+                out.extend_from_slice(&zero_frame(&mut comp, level, n).map_err(zerr)?);
+            } else {
+                out.reserve(zstd::zstd_safe::compress_bound(n));
+                let mut cursor = std::io::Cursor::new(&mut out);
+                cursor.set_position(start as u64);
+                comp.compress_to_buffer(buf, &mut cursor).map_err(zerr)?;
+            }
+        }
+        hasher.update(&out[start..]);
+        pos += n as u64;
+        if pos == end {
+            break;
+        }
     }
-    enc.finish().map_err(zerr)
+    Ok((out, format!("sha256:{:x}", hasher.finalize())))
+}
+
+/// True if `len` bytes at `pos` of `file` are a hole (read as zeros, stored as nothing),
+/// and within the file. False when unsure (a filesystem without SEEK_DATA): then read.
+fn is_hole(file: &File, pos: u64, len: u64) -> bool {
+    if len == 0 {
+        return false;
+    }
+    let inside = file.metadata().is_ok_and(|m| m.len() >= pos + len);
+    inside
+        && match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(data) => data >= pos + len,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => true,
+            Err(_) => false,
+        }
 }
 
 impl Ctx<'_> {
@@ -330,16 +446,16 @@ impl Ctx<'_> {
             input.part.length,
             self.opts.zstd_level,
         );
-        let data = tokio::task::spawn_blocking(move || compress_part(&path, offset, length, level))
-            .await
-            .map_err(|source| Error::Task { source })??;
-        let digest = tokio::task::spawn_blocking({
-            let data = data.clone();
-            move || format!("sha256:{:x}", Sha256::digest(&data))
+        let (data, digest) = tokio::task::spawn_blocking(move || {
+            compress_frames(&path, offset, length, level, FRAME_INPUT)
         })
         .await
-        .map_err(|source| Error::Task { source })?;
+        .map_err(|source| Error::Task { source })??;
         Ok((Bytes::from(data), digest))
+    }
+
+    async fn push_numbered(&self, i: usize, input: &Input) -> Result<(usize, Descriptor)> {
+        Ok((i, self.push_part(input).await?))
     }
 
     async fn push_part(&self, input: &Input) -> Result<Descriptor> {
@@ -600,4 +716,58 @@ fn acked_end(headers: &HeaderMap) -> Option<u64> {
         .parse()
         .ok()?;
     Some(if last == 0 { 0 } else { last + 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of zero frames, data frames and a short tail; the blob is what compressing
+    /// each frame gives (the zero shortcut changes nothing), and reads back as one stream.
+    #[test]
+    fn frames_compress_as_one_stream_and_zero_frames_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let frame = 1 << 20;
+        let mut data = vec![0u8; 5 * frame + 12345];
+        for (i, b) in data[frame..frame + 70_000].iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        data[4 * frame + 3] = 1;
+        std::fs::write(&path, &data).unwrap();
+        let (blob, digest) = compress_frames(&path, 0, data.len() as u64, 3, frame).unwrap();
+        assert_eq!(digest, format!("sha256:{:x}", Sha256::digest(&blob)));
+        let mut expected = Vec::new();
+        let mut comp = zstd::bulk::Compressor::new(3).unwrap();
+        comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+            .unwrap();
+        for chunk in data.chunks(frame) {
+            expected.extend(comp.compress(chunk).unwrap());
+        }
+        assert_eq!(blob, expected);
+        assert_eq!(zstd::stream::decode_all(&blob[..]).unwrap(), data);
+        // A part in the middle of the file, and an empty one.
+        let (mid, _) = compress_frames(&path, 1000, 3 * frame as u64, 3, frame).unwrap();
+        assert_eq!(
+            zstd::stream::decode_all(&mid[..]).unwrap(),
+            &data[1000..1000 + 3 * frame]
+        );
+        let (empty, _) = compress_frames(&path, 0, 0, 3, frame).unwrap();
+        assert!(zstd::stream::decode_all(&empty[..]).unwrap().is_empty());
+        // A sparse file: its holes are not read, and give the same bytes.
+        let sparse = dir.path().join("sparse");
+        let f = File::create(&sparse).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&data[frame..frame + 70_000], frame as u64)
+            .unwrap();
+        f.write_all_at(&data[4 * frame..4 * frame + 4], 4 * frame as u64)
+            .unwrap();
+        drop(f);
+        let (holey, _) = compress_frames(&sparse, 0, data.len() as u64, 3, frame).unwrap();
+        assert_eq!(holey, expected);
+        // Asking for more than the file has is an error, not a short part.
+        let err = compress_frames(&path, 0, data.len() as u64 + 1, 3, frame).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
 }

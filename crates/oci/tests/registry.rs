@@ -620,3 +620,47 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(bytes))
 }
+
+#[tokio::test]
+async fn inspect_tells_what_a_pull_would_bring_without_pulling_it() {
+    let reg = anonymous();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("base");
+    make_base(&src, 9);
+    let r = reference(reg, "inspect/base");
+    let client = client();
+    let pushed = client
+        .push(
+            &r,
+            &base_of(&src),
+            &push_opts(&tmp.path().join("state")),
+            &oci::NoProgress,
+        )
+        .await
+        .unwrap();
+    let found = client.inspect(&r).await.unwrap();
+    assert_eq!(found.digest, pushed.digest);
+    assert_eq!(
+        found.config,
+        std::fs::read(src.join("manifest.json")).unwrap()
+    );
+    assert_eq!(
+        found
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        FILES
+    );
+    assert_eq!(found.blobs, pushed.blobs);
+    assert_eq!(found.bytes_blobs, pushed.bytes_blobs);
+    // A damaged config is refused here too.
+    let m = raw_manifest(reg, "inspect/base", "v1");
+    let data = reg.blob_data(m["config"]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    let err = client.inspect(&r).await.unwrap_err();
+    assert!(matches!(err, Error::Digest { .. }), "{err:?}");
+    assert!(err.to_string().contains("the config"), "{err}");
+}

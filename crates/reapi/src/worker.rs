@@ -266,6 +266,7 @@ impl<E: Executor> Worker<E> {
             done_tx,
             done_rx,
             draining: false,
+            told_terminating: false,
             drain_deadline: None,
             last_ok: Instant::now(),
         };
@@ -312,6 +313,10 @@ struct Bot<'a, E: Executor> {
     done_tx: mpsc::UnboundedSender<(String, Lease)>,
     done_rx: mpsc::UnboundedReceiver<(String, Lease)>,
     draining: bool,
+    /// The server has acknowledged a session update with status BOT_TERMINATING: it
+    /// assigns this bot no more leases. (Until then it may, and a bot that just left
+    /// would hold them until its session expires.)
+    told_terminating: bool,
     drain_deadline: Option<tokio::time::Instant>,
     last_ok: Instant,
 }
@@ -369,7 +374,7 @@ impl<E: Executor> Bot<'_, E> {
         self.create_session(shutdown).await?;
         let mut backoff = Duration::from_millis(200);
         loop {
-            if self.draining && self.running.is_empty() && self.completed.is_empty() {
+            if self.drained() && self.told_terminating {
                 tracing::info!(bot = %self.config.bot_id, "drained");
                 return Ok(());
             }
@@ -382,6 +387,7 @@ impl<E: Executor> Bot<'_, E> {
             let sent_completed = self.completed.len();
             let mut session = self.session.clone();
             session.status = self.status();
+            let sent_terminating = session.status == BotStatus::BotTerminating as i32;
             session.worker = Some(self.describe_worker());
             session.leases = sent_active
                 .iter()
@@ -415,7 +421,22 @@ impl<E: Executor> Bot<'_, E> {
                     backoff = Duration::from_millis(200);
                     self.last_ok = Instant::now();
                     let news = self.on_response(resp.into_inner(), &sent_active, sent_completed);
+                    self.told_terminating |= sent_terminating;
+                    if self.drained() && self.told_terminating {
+                        continue;
+                    }
                     self.pace(started, news, shutdown).await;
+                }
+                Ok(Err(status)) if self.drained() => {
+                    // Only the goodbye is left to send: a server that does not take it
+                    // expires the session by itself, so don't wait for it to come back.
+                    tracing::warn!(
+                        bot = %self.config.bot_id,
+                        "could not tell the server that the bot is leaving ({:?}: {}); leaving anyway",
+                        status.code(),
+                        status.message()
+                    );
+                    return Ok(());
                 }
                 Ok(Err(status)) => {
                     if status.code() == tonic::Code::DeadlineExceeded
@@ -448,6 +469,11 @@ impl<E: Executor> Bot<'_, E> {
                 }
             }
         }
+    }
+
+    /// Draining, and nothing left to run or report.
+    fn drained(&self) -> bool {
+        self.draining && self.running.is_empty() && self.completed.is_empty()
     }
 
     fn check_lost(&self, rpc: &'static str, status: &tonic::Status) -> Result<(), Error> {

@@ -476,3 +476,38 @@ async fn lease_with_an_action_digest_runs() {
     assert_eq!(String::from_utf8_lossy(&stdout).trim(), n);
     assert_eq!(w.snapshot().leases_succeeded, 1);
 }
+
+/// A drained worker tells the farm it is leaving: work for its base goes to the next
+/// worker at once instead of waiting (BuildGrid's keepalive, 120 s here) for the session
+/// of the one that left to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_is_given_no_more_work() {
+    init_logs();
+    let base = unique("base");
+    let mut c = config(&farm().url, &[&base], std::path::Path::new(""));
+    c.poll_timeout = Duration::from_secs(5);
+    let mut first = start_worker(c, HostExecutorDouble::new(Behaviour::Run)).await;
+    first.wait_joined().await;
+    let s = first.stop().await.expect("the idle worker drained");
+    assert_eq!(s.leases_accepted, 0, "{s:?}");
+    let second = start_worker(
+        config(&farm().url, &[&base], std::path::Path::new("")),
+        HostExecutorDouble::new(Behaviour::Run),
+    )
+    .await;
+    let mut client = Client::new().await;
+    let root = client.message(&Directory::default());
+    let n = unique("second");
+    let cmd = bash(&format!("echo {n}"), &base, &[]);
+    let a = action(&mut client, &cmd, root, &base, None);
+    client.upload().await;
+    let t = Instant::now();
+    let resp = client.execute(&a).await;
+    assert_eq!(resp.status.map_or(0, |s| s.code), 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "the action waited {:?}: it was given to the worker that had left",
+        t.elapsed()
+    );
+    assert_eq!(second.executor.calls(), 1);
+}

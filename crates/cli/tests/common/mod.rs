@@ -146,3 +146,59 @@ pub fn base_id(name: &str) -> String {
         .unwrap_or_else(|| panic!("ls lists no base named {name}: {}", text(&o).0));
     row["id"].as_str().unwrap().to_string()
 }
+
+/// A tmux server of this test's own, on a private socket, killed when dropped.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    pub fn new(name: &str) -> Tmux {
+        Tmux {
+            socket: format!("guestbox-test-{name}-{}", std::process::id()),
+        }
+    }
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux (scripts/setup --with-tests installs it)")
+    }
+    /// The visible screen, one string per line, trailing blanks trimmed.
+    pub fn screen(&self) -> Vec<String> {
+        let o = self.cmd(&["capture-pane", "-p", "-t", "t"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+    /// Waits until a line of the screen satisfies `found`; returns the screen.
+    pub fn wait_for(&self, what: &str, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.iter().any(|l| found(l)) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no {what} on the screen:\n{}",
+                screen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[path = "../../../core/tests/common/users.rs"]
+mod users;
+#[allow(unused_imports)] // Not every test file needs the test user.
+pub use users::*;

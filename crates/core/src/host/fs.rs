@@ -36,13 +36,20 @@ impl FileLock {
 
     pub fn exclusive_blocking(path: &Path) -> Result<FileLock> {
         loop {
-            let file = fs::OpenOptions::new()
+            let file = match fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(path)
-                .ctx(|| format!("creating the lock file {}", path.display()))?;
+            {
+                // Another user's lock file in a shared GUESTBOX_HOME: flock needs no write.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    File::open(path).map_err(|_| e)
+                }
+                other => other,
+            }
+            .ctx(|| format!("creating the lock file {}", path.display()))?;
             file.lock().ctx(|| format!("locking {}", path.display()))?;
             if still_names(path, &file) {
                 return Ok(FileLock {
@@ -55,7 +62,14 @@ impl FileLock {
 
     /// Takes the lock only if nobody holds it.
     pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>> {
-        let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => File::open(path).map_err(|_| e),
+                _ => Err(e),
+            }) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -158,7 +172,8 @@ pub fn remove_build_dir(dir: &Path) {
         }
     }
     make_writable(dir);
-    if let Err(e) = fs::remove_dir_all(dir) {
+    // A tree built without root holds files of subordinate ids: see host::userns.
+    if let Err(e) = super::userns::remove_tree(dir) {
         tracing::warn!("could not remove {}: {e}", dir.display());
     }
 }

@@ -34,6 +34,49 @@ pub fn supervise(cmd: &mut std::process::Command) {
     }
 }
 
+/// Runs in a child between fork and exec when the program will change its own user:
+/// the kernel clears PR_SET_PDEATHSIG then, so nothing would kill it if guestbox were
+/// SIGKILLed. So the child forks a keeper first, which stays root (the program changes only
+/// its own ids), dies with the program (its own PDEATHSIG, towards the program), and
+/// SIGKILLs the program when guestbox exits (a pidfd of guestbox becomes readable). The
+/// keeper closes every other descriptor, or it would hold other children's pipes and
+/// sockets open. Only async-signal-safe system calls.
+fn keep_with_guestbox(guestbox: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: fork, prctl, getppid, syscall, poll, kill and _exit are async-signal-safe;
+    // the keeper never returns into Rust code that could allocate.
+    unsafe {
+        let program = libc::getpid();
+        match libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != program {
+                    libc::_exit(0);
+                }
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, guestbox, 0) as libc::c_int;
+                if pidfd < 0 {
+                    // guestbox is already gone.
+                    libc::kill(program, libc::SIGKILL);
+                    libc::_exit(0);
+                }
+                if pidfd > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, (pidfd - 1) as u32, 0u32);
+                }
+                libc::syscall(libc::SYS_close_range, (pidfd + 1) as u32, u32::MAX, 0u32);
+                let mut p = libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                while libc::poll(&mut p, 1, -1) < 0 {}
+                libc::kill(program, libc::SIGKILL);
+                libc::_exit(0)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A running child in its own process group; the whole group is SIGKILLed on drop.
 #[derive(Debug)]
 pub struct Supervised {
@@ -65,6 +108,23 @@ impl Supervised {
         inherit: Option<std::os::fd::RawFd>,
         cwd: Option<&Path>,
     ) -> Result<Self> {
+        let fds: Vec<std::os::fd::RawFd> = inherit.into_iter().collect();
+        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd, false)
+    }
+
+    /// Like [`Self::spawn`], and the child keeps each descriptor of `inherit` at the same
+    /// number and starts in `cwd`. `changes_user`: the program leaves root by itself
+    /// (QEMU's `-runas`), which clears its PR_SET_PDEATHSIG; a keeper then kills it when
+    /// guestbox dies (see [`keep_with_guestbox`]).
+    pub fn spawn_inheriting(
+        name: &str,
+        program: &Path,
+        args: &[impl AsRef<OsStr>],
+        stderr_path: &Path,
+        inherit: &[std::os::fd::RawFd],
+        cwd: Option<&Path>,
+        changes_user: bool,
+    ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
         let mut std_cmd = std::process::Command::new(program);
@@ -77,16 +137,26 @@ impl Supervised {
         if let Some(dir) = cwd {
             std_cmd.current_dir(dir);
         }
-        if let Some(fd) = inherit {
+        if !inherit.is_empty() {
+            let fds = inherit.to_vec();
             // SAFETY: fcntl is async-signal-safe. Clearing close-on-exec in the child only
-            // leaves our own descriptor untouched.
+            // leaves our own descriptors untouched.
             unsafe {
                 std_cmd.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
+            }
+        }
+        if changes_user {
+            let guestbox = std::process::id() as libc::pid_t;
+            // SAFETY: keep_with_guestbox makes only async-signal-safe calls.
+            unsafe {
+                std_cmd.pre_exec(move || keep_with_guestbox(guestbox));
             }
         }
         let mut cmd = Command::from(std_cmd);
@@ -196,23 +266,54 @@ pub fn tail_of_text(text: &str, lines: usize) -> String {
 /// Runs a short-lived tool to completion (supervised), returning stdout; a non-zero exit is
 /// an error carrying the tail of stderr.
 pub async fn run_tool(what: &str, program: &Path, args: &[impl AsRef<OsStr>]) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
     let mut std_cmd = std::process::Command::new(program);
-    std_cmd.args(args).stdin(Stdio::null());
+    std_cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     supervise(&mut std_cmd);
     let mut cmd = Command::from(std_cmd);
     cmd.kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
+    let mut child = cmd
+        .spawn()
         .ctx(|| format!("starting {} ({})", what, program.display()))?;
-    if !out.status.success() {
+    let group = GroupGuard(child.id().map(|p| p as libc::pid_t));
+    let read = |pipe: Option<tokio::process::ChildStdout>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let read_err = |pipe: Option<tokio::process::ChildStderr>| async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let stdout = tokio::spawn(read(child.stdout.take()));
+    let stderr = tokio::spawn(read_err(child.stderr.take()));
+    let status = child
+        .wait()
+        .await
+        .ctx(|| format!("waiting for {} ({})", what, program.display()))?;
+    // Whatever the tool left behind in its group goes with it, before its output is
+    // collected: a leftover would hold the pipes open (unshare leaves its --map-auto helper
+    // waiting when it cannot make a user namespace).
+    drop(group);
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    if !status.success() {
         return Err(Error::Command {
             what: what.to_string(),
-            status: out.status.to_string(),
-            detail: tail_of_text(&String::from_utf8_lossy(&out.stderr), 15),
+            status: status.to_string(),
+            detail: tail_of_text(&String::from_utf8_lossy(&stderr), 15),
         });
     }
-    Ok(out.stdout)
+    Ok(stdout)
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@ pub const MKFS_EXT4: Program = Program {
     package: "e2fsprogs",
     why: "it turns a root filesystem directory into a disk image",
 };
+pub const DEBUGFS: Program = Program {
+    name: "debugfs",
+    package: "e2fsprogs",
+    why: "it writes /dev's device nodes into a disk image built without root",
+};
 pub const SSH_KEYGEN: Program = Program {
     name: "ssh-keygen",
     package: "openssh-client",
@@ -43,7 +48,9 @@ pub const SSH_KEYGEN: Program = Program {
 };
 
 /// What building images needs.
-pub const IMAGE_BUILD: &[Program] = &[MMDEBSTRAP, UNSHARE, MKFS_EXT4, QEMU_IMG, SSH_KEYGEN];
+pub const IMAGE_BUILD: &[Program] = &[
+    MMDEBSTRAP, UNSHARE, MKFS_EXT4, DEBUGFS, QEMU_IMG, SSH_KEYGEN,
+];
 /// What booting or reviving VMs needs.
 pub const VM: &[Program] = &[QEMU, QEMU_IMG];
 

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::DebianSource;
 use crate::host::process::{run_tool, supervise, tail_of_text, GroupGuard};
 use crate::host::programs;
+use crate::host::userns::{remove_tree, Builder};
 use crate::progress::Step;
 use crate::{Error, IoContext, Result};
 
@@ -97,21 +98,6 @@ async fn fetch_index(source: &DebianSource) -> Result<String> {
     Ok(hasher.finalize().to_hex()[..24].to_string())
 }
 
-/// Image builds create root-owned files and device nodes: they need root.
-pub fn require_root() -> Result<()> {
-    // SAFETY: plain syscall without arguments.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::Usage(
-            "building guest images needs root (mmdebstrap and mkfs.ext4 create root-owned files): \
-             run `sudo guestbox images` once with GUESTBOX_HOME set to a directory you then \
-             use for every run (e.g. `sudo GUESTBOX_HOME=/var/lib/guestbox guestbox images`, \
-             then `sudo chown -R $USER /var/lib/guestbox`), or run guestbox as root"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Makes `target` (an empty or absent directory) a root filesystem with `packages`.
 pub async fn mmdebstrap(
     source: &DebianSource,
@@ -120,9 +106,11 @@ pub async fn mmdebstrap(
     target: &Path,
     step: &Step,
 ) -> Result<()> {
-    require_root()?;
-    // Every tool the build needs, before minutes of mmdebstrap: not mkfs.ext4 missing after.
+    // Every tool the build needs, before minutes of mmdebstrap: not mkfs.ext4 missing after;
+    // and, without root, a user namespace to build in (see host::userns).
     programs::require(programs::IMAGE_BUILD)?;
+    let builder = Builder::current();
+    builder.check()?;
     let program = programs::path_of(programs::MMDEBSTRAP)?;
     let mut args: Vec<String> = vec![
         match variant {
@@ -146,13 +134,19 @@ pub async fn mmdebstrap(
     // dies with it (--kill-child): if guestbox is SIGKILLed, PDEATHSIG takes unshare, the
     // kernel then takes mmdebstrap, every apt and dpkg below it, and the mounts it made in
     // the chroot. A process group alone would leave the grandchildren and the mounts.
-    let unshare = programs::path_of(programs::UNSHARE)?;
+    // Without root the same command runs in a user namespace too, still in root mode
+    // (mmdebstrap supports that; /sys is bind-mounted instead of mounted).
+    let (unshare, args) = builder.command(
+        &["--pid", "--mount", "--fork", "--kill-child"],
+        &program,
+        &args,
+    )?;
     // Its temporary files (a gpg home, apt lists) go next to the target, inside the build's
     // own directory: a SIGKILL cannot leave them in /tmp, and gc removes the build's remains.
     let tmp = target.with_extension("tmp");
     std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    let result = run_mmdebstrap(&unshare, &program, &args, &tmp, step).await;
-    std::fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
+    let result = run_mmdebstrap(&unshare, &args, &tmp, step).await;
+    remove_tree(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
     result.map_err(|(status, log)| Error::Command {
         what: format!(
             "mmdebstrap ({} from {}, packages: {})",
@@ -169,18 +163,16 @@ pub async fn mmdebstrap(
     })
 }
 
-/// Runs mmdebstrap under `unshare`; on failure, its exit status and output.
+/// Runs mmdebstrap under `unshare` (the command line made by [`Builder::command`]); on
+/// failure, its exit status and output.
 async fn run_mmdebstrap(
     unshare: &Path,
-    program: &Path,
-    args: &[String],
+    args: &[std::ffi::OsString],
     tmp: &Path,
     step: &Step,
 ) -> std::result::Result<(), (String, String)> {
     let mut std_cmd = std::process::Command::new(unshare);
     std_cmd
-        .args(["--pid", "--mount", "--fork", "--kill-child", "--"])
-        .arg(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,10 +187,10 @@ async fn run_mmdebstrap(
     let mut child = cmd.spawn().map_err(|e| {
         (
             "not started".to_string(),
-            format!("starting {}: {e}", program.display()),
+            format!("starting {}: {e}", unshare.display()),
         )
     })?;
-    let mut group = GroupGuard(child.id().map(|p| p as libc::pid_t));
+    let group = GroupGuard(child.id().map(|p| p as libc::pid_t));
     let mut log = String::new();
     if let Some(stderr) = child.stderr.take() {
         let mut lines = BufReader::new(stderr).lines();
@@ -222,7 +214,9 @@ async fn run_mmdebstrap(
             format!("waiting for mmdebstrap: {e}"),
         )
     })?;
-    group.disarm();
+    // The group is killed even now: unshare's helper for --map-auto (it runs newuidmap) is
+    // left waiting when unshare fails to make the namespace, and nothing else reaps it.
+    drop(group);
     if !status.success() {
         return Err((status.to_string(), log));
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{ArtifactCache, Key};
 use super::debian::{mmdebstrap, Variant};
 use super::{DebianSource, Provenance};
+use crate::host::userns::remove_tree;
 use crate::progress::Progress;
 use crate::{Error, IoContext, Result};
 
@@ -28,6 +29,10 @@ pub const COMMON_MODULES: &[&str] = &[
 /// The guest mounts the controller's SMB shares.
 pub const GUEST_MODULES: &[&str] = &[
     "cifs",
+    // `iocharset=iso8859-1` on the cifs mount (profile::debian::CIFS_OPTIONS: byte-exact
+    // names). Without the table the mount fails; without any table but the kernel's
+    // built-in one, cifs mangles every non-ASCII name.
+    "nls_iso8859_1",
     // SMB3 signing and encryption look these up by name at mount time: no module
     // dependency names them, so they are listed here.
     "cmac",
@@ -255,7 +260,7 @@ pub async fn ensure(
                 let packages: Vec<String> = inputs.packages.iter().map(|s| s.to_string()).collect();
                 mmdebstrap(source, Variant::Extract, &packages, &tree, &step).await?;
                 assemble(&tree, &out, &inputs.modules)?;
-                fs::remove_dir_all(&tree).ctx(|| format!("removing {}", tree.display()))?;
+                remove_tree(&tree).ctx(|| format!("removing {}", tree.display()))?;
                 step.done();
                 Ok(())
             }

@@ -17,6 +17,7 @@ use super::debian::{mmdebstrap, Variant};
 use super::{DebianSource, GuestRecipe, Provenance};
 use crate::host::process::run_tool;
 use crate::host::programs;
+use crate::host::userns::{remove_tree, Builder};
 use crate::progress::{Progress, Step};
 use crate::{Error, IoContext, Result};
 use link::{markers, net};
@@ -302,12 +303,19 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
     let mkfs = programs::path_of(programs::MKFS_EXT4)?;
     let root_s = root.to_string_lossy().into_owned();
     let raw_s = raw.to_string_lossy().into_owned();
-    run_tool(
-        "mkfs.ext4",
+    // In the namespace the tree was built in (without root): mkfs.ext4 then reads the true
+    // owners, and file capabilities (ping's), which the kernel shows relative to the
+    // namespace's root, come out as they would for root.
+    let builder = Builder::current();
+    let (program, args) = builder.command(
+        &[],
         &mkfs,
         &["-F", "-q", "-L", "guestbox", "-d", &root_s, &raw_s],
-    )
-    .await?;
+    )?;
+    run_tool("mkfs.ext4", &program, &args).await?;
+    if builder == Builder::Namespace {
+        write_dev_entries(&raw).await?;
+    }
     let qemu_img = programs::path_of(programs::QEMU_IMG)?;
     let disk = out.join("disk.qcow2");
     let disk_s = disk.to_string_lossy().into_owned();
@@ -318,7 +326,7 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
     )
     .await?;
     fs::remove_file(&raw).ctx(|| format!("removing {}", raw.display()))?;
-    fs::remove_dir_all(root).ctx(|| format!("removing {}", root.display()))?;
+    remove_tree(root).ctx(|| format!("removing {}", root.display()))?;
     let record = Rootfs {
         dir: PathBuf::new(),
         disk: PathBuf::from("disk.qcow2"),
@@ -327,6 +335,71 @@ async fn finish(root: &Path, out: &Path, disk_mib: u64, init: &str, step: &Step)
     };
     let json = serde_json::to_vec_pretty(&record).ctx(|| "writing rootfs.json")?;
     fs::write(out.join(ROOTFS_JSON), json).ctx(|| "writing rootfs.json")
+}
+
+/// What mmdebstrap puts in /dev as root: device nodes cannot be made in a user namespace,
+/// so there it only bind-mounts them while it works and the tree's /dev stays empty. The
+/// guest sees neither (its initramfs moves a devtmpfs over /dev), but this way an image is
+/// the same whoever built it (every entry's owner, mode, type, size and xattrs compared:
+/// identical), and it shares one cache key with its root-built twin.
+const DEV_ENTRIES: &str = "\
+cd /dev
+mknod console c 5 1
+mknod full c 1 7
+mknod null c 1 3
+mknod ptmx c 5 2
+mknod random c 1 8
+mknod tty c 5 0
+mknod urandom c 1 9
+mknod zero c 1 5
+sif console mode 020666
+sif full mode 020666
+sif null mode 020666
+sif ptmx mode 020666
+sif random mode 020666
+sif tty mode 020666
+sif urandom mode 020666
+sif zero mode 020666
+mkdir pts
+mkdir shm
+symlink fd /proc/self/fd
+symlink stdin /proc/self/fd/0
+symlink stdout /proc/self/fd/1
+symlink stderr /proc/self/fd/2
+";
+
+/// Writes [`DEV_ENTRIES`] into the ext4 image `raw` (the user's own file: no namespace).
+async fn write_dev_entries(raw: &Path) -> Result<()> {
+    let debugfs = programs::path_of(programs::DEBUGFS)?;
+    let script = raw.with_extension("debugfs");
+    fs::write(&script, DEV_ENTRIES).ctx(|| format!("writing {}", script.display()))?;
+    let mut cmd = std::process::Command::new(&debugfs);
+    cmd.arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(raw)
+        .stdin(std::process::Stdio::null());
+    crate::host::process::supervise(&mut cmd);
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ctx(|| format!("starting {}", debugfs.display()))?;
+    fs::remove_file(&script).ctx(|| format!("removing {}", script.display()))?;
+    // debugfs exits 0 whatever its commands did; they complain on stderr, after its banner.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !out.status.success() || !complaints.is_empty() {
+        return Err(Error::Command {
+            what: "debugfs (writing /dev into the image)".into(),
+            status: out.status.to_string(),
+            detail: complaints.join("\n"),
+        });
+    }
+    Ok(())
 }
 
 /// `package -> version` from the tree's dpkg status file (no dpkg needed on the host).
@@ -367,6 +440,80 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p["a"], "1.0");
         assert_eq!(p["c"], "3:4.5-1");
+    }
+
+    /// The entries a user-namespace build writes into /dev are the ones a root build has.
+    #[tokio::test]
+    async fn dev_entries_are_written_into_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("dev")).unwrap();
+        let raw = dir.path().join("disk.raw");
+        fs::File::create(&raw).unwrap().set_len(8 << 20).unwrap();
+        let mkfs = programs::path_of(programs::MKFS_EXT4).unwrap();
+        run_tool(
+            "mkfs.ext4",
+            &mkfs,
+            &[
+                "-F",
+                "-q",
+                "-d",
+                tree.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        write_dev_entries(&raw).await.unwrap();
+        let debugfs = programs::path_of(programs::DEBUGFS).unwrap();
+        let out = run_tool(
+            "debugfs",
+            &debugfs,
+            &["-R", "ls -l /dev", raw.to_str().unwrap()],
+        )
+        .await
+        .unwrap();
+        let listing = String::from_utf8_lossy(&out);
+        // (mode, owner, name): ls -l prints inode, mode, (type), uid, gid, size, date, name.
+        let entries: Vec<(String, String, String)> = listing
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8).then(|| {
+                    (
+                        f[1].to_string(),
+                        format!("{}:{}", f[3], f[4]),
+                        f[f.len() - 1].to_string(),
+                    )
+                })
+            })
+            .filter(|(_, _, n)| n != "." && n != "..")
+            .collect();
+        let want: Vec<(&str, &str)> = vec![
+            ("20666", "console"),
+            ("20666", "full"),
+            ("20666", "null"),
+            ("20666", "ptmx"),
+            ("20666", "random"),
+            ("20666", "tty"),
+            ("20666", "urandom"),
+            ("20666", "zero"),
+            ("40755", "pts"),
+            ("40755", "shm"),
+            ("120777", "fd"),
+            ("120777", "stdin"),
+            ("120777", "stdout"),
+            ("120777", "stderr"),
+        ];
+        for (mode, name) in &want {
+            assert!(
+                entries
+                    .iter()
+                    .any(|(m, o, n)| m == mode && o == "0:0" && n == name),
+                "{name} {mode} missing:\n{listing}"
+            );
+        }
+        assert_eq!(entries.len(), want.len(), "{listing}");
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub async fn resolve(
         }
     }
     let step = progress.step("checking whether KVM can run guests");
-    let verdict = match probe(qemu, kernel, initrd, &dirs.cache).await {
+    let confinement = super::confine::Policy::for_host(&dirs.cache, qemu)
+        .await?
+        .plain();
+    let verdict = match probe(qemu, kernel, initrd, &dirs.cache, &confinement).await {
         Ok(()) => Verdict {
             key,
             kvm_works: true,
@@ -116,6 +119,40 @@ pub async fn resolve(
     })
 }
 
+/// What is known of KVM here without starting anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// `/dev/kvm` cannot be used (the reason).
+    NoDevice(String),
+    /// The cached probe booted a test guest under KVM.
+    Works,
+    /// The cached probe's guest did not run (the reason).
+    Hangs(String),
+    /// `/dev/kvm` opens, and no probe ran on this host boot yet.
+    NotProbed,
+}
+
+/// The KVM verdict as far as it is known: the device, then the probe's cached answer.
+pub fn known_verdict(dirs: &Dirs) -> Known {
+    if let Err(reason) = kvm_device_usable() {
+        return Known::NoDevice(reason);
+    }
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    match fs::read(dirs.cache.join("kvm-probe.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Verdict>(&t).ok())
+    {
+        Some(v) if v.key.starts_with(boot_id.trim()) => {
+            if v.kvm_works {
+                Known::Works
+            } else {
+                Known::Hangs(v.reason)
+            }
+        }
+        _ => Known::NotProbed,
+    }
+}
+
 fn kvm_device_usable() -> std::result::Result<(), String> {
     fs::OpenOptions::new()
         .read(true)
@@ -126,11 +163,20 @@ fn kvm_device_usable() -> std::result::Result<(), String> {
 }
 
 /// Boots the kernel under KVM with `guestbox.probe` and waits for its marker.
-async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Result<()> {
+async fn probe(
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    scratch: &Path,
+    confinement: &super::confine::Confinement,
+) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("kvm-probe-")
         .tempdir_in(scratch)
         .ctx(|| format!("creating a probe directory in {}", scratch.display()))?;
+    let confinement = confinement
+        .clone()
+        .in_empty_root(&super::confine::empty_root(dir.path())?);
     let short = ShortDir::open(dir.path())?;
     let spec = VmSpec {
         name: "kvm-probe".into(),
@@ -157,6 +203,7 @@ async fn probe(qemu: &Path, kernel: &Path, initrd: &Path, scratch: &Path) -> Res
         platform: Default::default(),
         inherit: Some(short.clone()),
         cwd: None,
+        confinement,
     };
     let mut vm = Vm::start(qemu, spec).await?;
     let result = vm.wait_for_console(markers::PROBE_OK, PROBE_TIMEOUT).await;

@@ -18,8 +18,14 @@ pub fn value(path: &Path) -> Result<String> {
 }
 
 impl VmSpec {
-    /// The QEMU command line, without the program name.
+    /// The QEMU command line, without the program name, every drive by its path.
     pub fn argv(&self) -> Result<Vec<String>> {
+        self.argv_opened(&[])
+    }
+
+    /// The QEMU command line, the drives in `opened` by the descriptors given (which QEMU
+    /// must inherit), the others by path.
+    pub fn argv_opened(&self, opened: &[OpenedDrive]) -> Result<Vec<String>> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |flag: &str, val: String| {
             a.push(flag.to_string());
@@ -103,6 +109,17 @@ impl VmSpec {
         };
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
+            let file = match opened.iter().find(|o| o.drive == DriveSlot::Drive(i)) {
+                Some(o) => {
+                    // Set numbers start at 1 (0 is allowed, but reads like "none").
+                    let set = i + 1;
+                    for fd in [&o.read_write, &o.read_only] {
+                        push("-add-fd", format!("fd={},set={set}", fd.fd()));
+                    }
+                    format!("/dev/fdset/{set}")
+                }
+                None => value(&d.path)?,
+            };
             let fmt = match d.format {
                 DiskFormat::Qcow2 => "qcow2",
                 DiskFormat::Raw => "raw",
@@ -126,10 +143,7 @@ impl VmSpec {
                     continue;
                 }
                 DriveInterface::Floppy => {
-                    push(
-                        "-drive",
-                        format!("file={},if=floppy,format={fmt}{ro}", value(&d.path)?),
-                    );
+                    push("-drive", format!("file={file},if=floppy,format={fmt}{ro}"));
                     continue;
                 }
                 DriveInterface::CdRom => {
@@ -137,8 +151,7 @@ impl VmSpec {
                     push(
                         "-drive",
                         format!(
-                            "file={},if=none,id={id},format={fmt},media=cdrom,read-only=on",
-                            value(&d.path)?
+                            "file={file},if=none,id={id},format={fmt},media=cdrom,read-only=on"
                         ),
                     );
                     let bus = if q35 {
@@ -156,8 +169,7 @@ impl VmSpec {
                 _ => push(
                     "-drive",
                     format!(
-                        "file={},if=none,id={id},format={fmt}{ro},werror=report,rerror=report",
-                        value(&d.path)?
+                        "file={file},if=none,id={id},format={fmt}{ro},werror=report,rerror=report"
                     ),
                 ),
             }
@@ -188,6 +200,11 @@ impl VmSpec {
                         value(local)?,
                         value(remote)?
                     ),
+                ),
+                // A connected socket: QEMU send()s to its peer (no remote address).
+                Link::Socket { socket } => push(
+                    "-netdev",
+                    format!("dgram,id={id},local.type=fd,local.str={}", socket.fd()),
                 ),
             }
             let model = match n.model {
@@ -220,6 +237,10 @@ impl VmSpec {
                 );
             }
         }
+        // security_model=none: QEMU creates files as its own user with the guest's mode
+        // bits and ignores failed chowns; which user that is, is decided in one place,
+        // `confine::Policy::serving`. (passthrough would need root to chown; mapped-xattr
+        // keeps every file 0600 on the host.)
         for (i, s) in self.shares.iter().enumerate() {
             let ro = if s.readonly { ",readonly=on" } else { "" };
             push(
@@ -265,10 +286,18 @@ impl VmSpec {
                     value(&fw.code)?
                 ),
             );
-            push(
-                "-drive",
-                format!("file={},if=pflash,unit=1,format=raw", value(&fw.vars)?),
-            );
+            let vars = match opened.iter().find(|o| o.drive == DriveSlot::UefiVars) {
+                Some(o) => {
+                    // After the drives' sets (numbered from 1 by drive).
+                    let set = self.drives.len() + 1;
+                    for fd in [&o.read_write, &o.read_only] {
+                        push("-add-fd", format!("fd={},set={set}", fd.fd()));
+                    }
+                    format!("/dev/fdset/{set}")
+                }
+                None => value(&fw.vars)?,
+            };
+            push("-drive", format!("file={vars},if=pflash,unit=1,format=raw"));
             if fw.secure_boot {
                 push(
                     "-global",
@@ -298,6 +327,7 @@ impl VmSpec {
             push("-tpmdev", "emulator,id=tpm0,chardev=chrtpm".into());
             push("-device", "tpm-tis,tpmdev=tpm0".into());
         }
+        a.extend(self.confinement.argv());
         Ok(a)
     }
 }
@@ -344,6 +374,7 @@ mod tests {
             platform: Platform::default(),
             inherit: None,
             cwd: None,
+            confinement: Confinement::default(),
         }
     }
 
@@ -373,10 +404,63 @@ mod tests {
         );
         assert!(argv.contains(&"-nodefaults".to_string()));
         assert!(!argv.contains(&"-incoming".to_string()));
+        // Every QEMU is sandboxed, and nothing asks for a process to be started.
+        assert_eq!(
+            after(&argv, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
+        assert!(!argv.iter().any(|a| a.contains("exec:")));
         // Never a user-mode or tap network.
         assert!(!argv
             .iter()
             .any(|a| a.contains("user") && a.starts_with("user")));
+    }
+
+    #[test]
+    fn a_link_by_descriptor_and_a_qemu_that_changes_user() {
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = std::os::fd::OwnedFd::from(a);
+        let mut s = spec();
+        s.nics[0].link = Link::Socket {
+            socket: Descriptor::new(fd),
+        };
+        let n = s.inherited_fds();
+        assert_eq!(n.len(), 1);
+        s.confinement = Confinement {
+            run_as: Some(super::super::confine::RunAs {
+                ids: crate::host::users::Ids { uid: 990, gid: 991 },
+                option: super::super::confine::DropOption::Runas,
+                chroot: None,
+            }),
+            off: false,
+        };
+        let argv = s.argv().unwrap();
+        assert_eq!(
+            after(&argv, "-netdev"),
+            [format!("dgram,id=net0,local.type=fd,local.str={}", n[0])]
+        );
+        assert_eq!(after(&argv, "-runas"), ["990:991"]);
+        // A disk by its descriptors: QEMU reopens it without a path.
+        let (rw, ro) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let opened = OpenedDrive {
+            drive: DriveSlot::Drive(0),
+            read_write: Descriptor::new(rw.into()),
+            read_only: Descriptor::new(ro.into()),
+        };
+        let (a, b) = (opened.read_write.fd(), opened.read_only.fd());
+        let argv = s.argv_opened(&[opened]).unwrap();
+        assert_eq!(
+            after(&argv, "-add-fd"),
+            [format!("fd={a},set=1"), format!("fd={b},set=1")]
+        );
+        assert_eq!(
+            after(&argv, "-drive"),
+            ["file=/dev/fdset/1,if=none,id=drive0,format=qcow2,werror=report,rerror=report"]
+        );
+        assert_eq!(
+            after(&argv, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]

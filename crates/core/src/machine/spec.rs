@@ -2,10 +2,13 @@
 //! so the machine of a base can be recorded, compared and tested as data. [`super::argv`]
 //! is the one writer that turns it into QEMU's command line.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::confine::Confinement;
 use crate::host::ShortDir;
 
 /// How QEMU runs the guest's instructions.
@@ -72,6 +75,9 @@ pub struct VmSpec {
     /// relative to it (`bootstrap --emit` directories). None: guestbox's own.
     #[serde(skip)]
     pub cwd: Option<PathBuf>,
+    /// Its seccomp sandbox and the user it becomes ([`super::confine`]).
+    #[serde(default)]
+    pub confinement: Confinement,
 }
 
 /// What a firmware-booted machine has beyond the basic one: UEFI in flash, `-global`
@@ -127,6 +133,78 @@ pub struct Tpm {
     pub socket: PathBuf,
     /// swtpm's log.
     pub log: PathBuf,
+}
+
+impl VmSpec {
+    /// The descriptors QEMU must inherit at their numbers: the short directory's and the
+    /// link's sockets.
+    pub fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.inherit.iter().map(|d| d.fd()).collect();
+        for n in &self.nics {
+            if let Link::Socket { socket } = &n.link {
+                fds.push(socket.fd());
+            }
+        }
+        fds
+    }
+}
+
+/// A drive's image opened by guestbox, which QEMU takes instead of its path (`-add-fd`,
+/// `file=/dev/fdset/N`): QEMU reopens its disks when it resumes a migrated VM, by which
+/// time it may have left root; with the image's descriptors at hand it needs no path, so
+/// the run directory can stay closed to it (and to every other QEMU of the same user).
+/// Both access modes are in the set: an incoming VM opens its disk read-only first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedDrive {
+    pub drive: DriveSlot,
+    pub read_write: Descriptor,
+    pub read_only: Descriptor,
+}
+
+/// Which block device of a spec an [`OpenedDrive`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveSlot {
+    /// Index into [`VmSpec::drives`].
+    Drive(usize),
+    /// The UEFI variable store ([`Pflash::vars`]): a block device QEMU reopens on an
+    /// incoming resume like a disk.
+    UefiVars,
+}
+
+/// A descriptor handed to QEMU at its number (kept open while any spec names it).
+/// Recorded as its number; a spec with one cannot be read back from a record.
+#[derive(Debug, Clone)]
+pub struct Descriptor(Arc<OwnedFd>);
+
+impl Descriptor {
+    pub fn new(fd: OwnedFd) -> Self {
+        Descriptor(Arc::new(fd))
+    }
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl PartialEq for Descriptor {
+    fn eq(&self, other: &Self) -> bool {
+        self.fd() == other.fd()
+    }
+}
+
+impl Eq for Descriptor {}
+
+impl Serialize for Descriptor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(self.fd())
+    }
+}
+
+impl<'de> Deserialize<'de> for Descriptor {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a file descriptor cannot be read back from a record",
+        ))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +288,11 @@ pub enum Link {
     /// VM arrive at the other and nowhere else. No tap, no bridge, no host port; and since
     /// datagrams need no connection, either end can be stopped and revived independently.
     UnixDgram { local: PathBuf, remote: PathBuf },
+    /// One end of a connected datagram socket pair whose other end is the peer VM's: the
+    /// same cable without paths, so nothing else on the host can send into it, and it
+    /// works after QEMU has left root (a path-based link would then need access to the
+    /// peer's socket file).
+    Socket { socket: Descriptor },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::PairSockets;
+use super::{End, PairSockets};
 use crate::machine::spec::{
-    Accel, Boot, DiskFormat, Drive, DriveInterface, Global, Link, Memory, Nic, NicModel, Pflash,
-    Platform, Rtc, Tpm, VmSpec,
+    Accel, Boot, Confinement, DiskFormat, Drive, DriveInterface, Global, Memory, Nic, NicModel,
+    Pflash, Platform, Rtc, Tpm, VmSpec,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +87,8 @@ impl FirmwareGuest {
             nics: vec![Nic {
                 model: self.nic,
                 mac: self.mac.clone(),
-                link: Link::UnixDgram {
-                    local: sockets.guest_link(),
-                    remote: sockets.controller_link(),
-                },
+                // The pair's socket pair when guestbox starts it, the paths in scripts.
+                link: sockets.link(End::Guest),
             }],
             ports: vec![],
             shares: vec![],
@@ -116,6 +114,8 @@ impl FirmwareGuest {
             },
             inherit: sockets.inherit(),
             cwd: None,
+            // The full sandbox; as root, bootstrap and run say whom QEMU becomes.
+            confinement: Confinement::default(),
         }
     }
 

@@ -127,14 +127,31 @@ pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<Strin
     }
 }
 
-/// Lets the pair come to rest before it is frozen: runs `script` (a job for the guest,
-/// e.g. `sync`) through the same path a revived pair's jobs take, then waits `quiet`.
+/// Lets the pair come to rest before it is frozen: runs `scripts.first` (a job for the
+/// guest, e.g. `sync`) through the same path a revived pair's jobs take, waits `quiet`,
+/// then runs `scripts.last`.
 /// Whatever the guest and controller would otherwise still be busy with after setup —
 /// dirty pages to write back, journal commits, first uses of the job path's code — is then
 /// done once here instead of in every revive, where under emulation each costs a burst of
 /// translation.
-pub async fn settle(sockets: &PairSockets, script: String, quiet: Duration) -> Result<()> {
+pub async fn settle(sockets: &PairSockets, scripts: Settle, quiet: Duration) -> Result<()> {
     let mut channel = connect(sockets).await?;
+    run_to_end(&mut channel, sockets, scripts.first).await?;
+    tokio::time::sleep(quiet).await;
+    run_to_end(&mut channel, sockets, scripts.last).await
+}
+
+/// The two jobs of [`settle`]: `first` before the quiet time, `last` just before the
+/// freeze (the guest's kernel reseeds its generator there, so that the snapshot's is
+/// young: a replayed revive, `--replay-snapshot-randomness`, then draws the same numbers
+/// until the kernel's own reseed interval has passed).
+pub struct Settle {
+    pub first: String,
+    pub last: String,
+}
+
+/// Runs one job on the control channel and waits for its end (status 0).
+async fn run_to_end(channel: &mut Control, sockets: &PairSockets, script: String) -> Result<()> {
     channel
         .send(&proto::Request::Run(proto::Run {
             time: None,
@@ -147,7 +164,7 @@ pub async fn settle(sockets: &PairSockets, script: String, quiet: Duration) -> R
     let console = sockets.console("controller");
     loop {
         match tokio::time::timeout(SETUP_TIMEOUT, channel.next_event()).await {
-            Ok(Ok(proto::Event::Exit { code: 0 })) => break,
+            Ok(Ok(proto::Event::Exit { code: 0 })) => return Ok(()),
             Ok(Ok(proto::Event::Exit { code })) => {
                 return Err(Error::Controller {
                     message: format!("the guest's settling job ended with {code}"),
@@ -174,8 +191,6 @@ pub async fn settle(sockets: &PairSockets, script: String, quiet: Duration) -> R
             }
         }
     }
-    tokio::time::sleep(quiet).await;
-    Ok(())
 }
 
 /// Freezes both VMs into state files, then quits them. Both are stopped before either is

@@ -21,11 +21,11 @@ use link::{net, proto};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::spec::{
-    Accel, Boot, DiskFormat, Drive, DriveInterface, GenerationId, Link, Memory, Nic, NicModel, Rtc,
-    SerialPort, Share9p, VmSpec,
+    Accel, Boot, Confinement, DiskFormat, Drive, DriveInterface, GenerationId, Memory, Nic,
+    NicModel, Rtc, SerialPort, Share9p, VmSpec,
 };
 pub use guest::{FirmwareGuest, GuestFiles};
-pub use rundir::{PairSockets, RunDir, CONTROL_SOCKET};
+pub use rundir::{End, PairSockets, RunDir, CONTROL_SOCKET};
 
 /// How the pair is built: everything that must be identical between a snapshot and its
 /// revive. Recorded in the base manifest.
@@ -208,10 +208,7 @@ impl PairConfig {
             nics: vec![Nic {
                 model: NicModel::VirtioNet,
                 mac: net::mac_string(net::GUEST_MAC, ':'),
-                link: Link::UnixDgram {
-                    local: sockets.guest_link(),
-                    remote: sockets.controller_link(),
-                },
+                link: sockets.link(End::Guest),
             }],
             ports: vec![],
             shares: vec![],
@@ -226,6 +223,8 @@ impl PairConfig {
             platform: Default::default(),
             inherit: sockets.inherit(),
             cwd: None,
+            // The full sandbox; as root, bootstrap and run say whom QEMU becomes.
+            confinement: Confinement::default(),
         }
     }
 
@@ -261,10 +260,7 @@ impl PairConfig {
             nics: vec![Nic {
                 model: NicModel::VirtioNet,
                 mac: net::mac_string(net::CONTROLLER_MAC, ':'),
-                link: Link::UnixDgram {
-                    local: sockets.controller_link(),
-                    remote: sockets.guest_link(),
-                },
+                link: sockets.link(End::Controller),
             }],
             ports: vec![SerialPort {
                 name: proto::CONTROL_PORT.into(),
@@ -289,6 +285,8 @@ impl PairConfig {
             platform: Default::default(),
             inherit: sockets.inherit(),
             cwd: None,
+            // The full sandbox; as root, bootstrap and run say whom QEMU becomes.
+            confinement: Confinement::default(),
         }
     }
 }

@@ -78,6 +78,15 @@ impl Profile {
         }
     }
 
+    /// How the controller's share behaves for this guest: Linux guests get a local POSIX
+    /// filesystem, Windows guests what SMB gives Windows.
+    pub fn share_semantics(&self) -> link::shares::Semantics {
+        match self {
+            Profile::Debian(_) => debian::SHARE_SEMANTICS,
+            Profile::Windows(_) | Profile::WindowsXp(_) => windows::SHARE_SEMANTICS,
+        }
+    }
+
     /// The line the guest prints on its console when it is ready; None: it is ready when
     /// its SSH port answers (Windows prints nothing).
     pub fn guest_ready_marker(&self) -> Option<&'static str> {
@@ -117,21 +126,24 @@ impl Profile {
         !matches!(self, Profile::Debian(_))
     }
 
-    /// The job that settles the guest before it is frozen (see `pair::lifecycle::settle`):
-    /// written data on disk, the job path used once.
-    pub fn settle_script(&self) -> Result<String> {
-        self.run_script(
-            &GuestJob {
-                time: None,
-                seed: None,
-                mounts: vec![],
-                env: vec![],
-                workdir: None,
-                argv: vec!["sh".into(), "-c".into(), "sync".into()],
-                stdin: false,
-            },
-            "",
-        )
+    /// The jobs that settle the guest before it is frozen (see `pair::lifecycle::settle`):
+    /// written data on disk and the job path used once; then, last, the kernel's generator
+    /// reseeded with `seed` (a Linux guest's; a Windows run has no generator it can seed,
+    /// so there the last job only ends the settle).
+    pub fn settle_scripts(&self, seed: String) -> Result<crate::pair::lifecycle::Settle> {
+        let job = |argv: &[&str], seed| GuestJob {
+            time: None,
+            seed,
+            mounts: vec![],
+            env: vec![],
+            workdir: None,
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            stdin: false,
+        };
+        Ok(crate::pair::lifecycle::Settle {
+            first: self.run_script(&job(&["sh", "-c", "sync"], None), "")?,
+            last: self.run_script(&job(&["true"], Some(seed)), "")?,
+        })
     }
 
     /// The remote command line for one job (`smb_password`: the base's, for a Windows

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::machine::qemu::QemuFacts;
 use crate::machine::Accel;
-use crate::store::{self, Base, Store};
+use crate::store::{self, Base, Manifest, Store};
 use crate::{Error, Result};
 
 fn short(id: &str) -> &str {
@@ -15,7 +15,11 @@ fn short(id: &str) -> &str {
 
 /// Refuses a base whose controller agent speaks another protocol than this guestbox.
 pub fn check_agent(base: &Base) -> Result<()> {
-    let m = &base.manifest;
+    check_agent_of(&base.manifest)
+}
+
+/// [`check_agent`] on a manifest alone (a base not in the store yet: `guestbox pull`).
+pub fn check_agent_of(m: &Manifest) -> Result<()> {
     if m.agent != store::agent_id() {
         return Err(Error::Usage(format!(
             "base {} was made by another build of guestbox ({}; its controller agent differs from this one's): bootstrap it again with this guestbox",
@@ -28,8 +32,14 @@ pub fn check_agent(base: &Base) -> Result<()> {
 
 /// Refuses, before QEMU starts, a base this host cannot revive exactly.
 pub async fn check_compatible(store: &Store, base: &Base, qemu: &Path) -> Result<()> {
-    check_agent(base)?;
-    let m = &base.manifest;
+    check_host(store, &base.manifest, qemu).await?;
+    store::quick_check(base)
+}
+
+/// What [`check_compatible`] checks from the manifest alone: the agent, QEMU's version,
+/// the machine type, KVM. `guestbox pull` says so before it downloads a base.
+pub async fn check_host(store: &Store, m: &Manifest, qemu: &Path) -> Result<()> {
+    check_agent_of(m)?;
     let facts = QemuFacts::of(&store.cache, qemu).await?;
     let version = facts.version;
     if version != m.qemu_version {
@@ -57,5 +67,5 @@ pub async fn check_compatible(store: &Store, base: &Base, qemu: &Path) -> Result
             short(&m.id)
         )));
     }
-    store::quick_check(base)
+    Ok(())
 }

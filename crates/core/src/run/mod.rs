@@ -27,6 +27,7 @@ pub use job::{Ended, Streams};
 pub use volumes::{check_volumes, CheckedVolume, Volume};
 
 use crate::host::{fs::random_hex, programs};
+use crate::machine::confine::{self, Confinement, Policy};
 use crate::machine::{overlay, qemu, tpm, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
@@ -52,6 +53,9 @@ pub struct SessionOptions {
     /// new VM generation, no reseed from the host), so every run sees the random numbers,
     /// keys and UUIDs of every other.
     pub replay_snapshot_randomness: bool,
+    /// INSECURE, for measuring what confinement costs (`guestbox bench`) only: start both
+    /// QEMUs without their seccomp sandbox and, as root, without leaving root.
+    pub unconfined: bool,
 }
 
 /// One command in a session.
@@ -153,13 +157,31 @@ impl Session {
         }
         let hold = base.lock_shared()?;
         let started = Instant::now();
+        let policy = Policy::for_host(&store.cache, &qemu).await?;
         let runs = store.runs.clone();
         let run_dir = RunDir::create(&runs, "run-")?;
+        // The controller's QEMU serves the user's directories as their owner (as root).
+        let mut served: Vec<PathBuf> = volumes.iter().map(|v| v.host.clone()).collect();
+        served.extend(opts.xchg.iter().cloned());
+        let confinement = if opts.unconfined {
+            let off = Confinement {
+                off: true,
+                ..Confinement::default()
+            };
+            (off.clone(), off)
+        } else {
+            let empty = confine::empty_root(run_dir.path())?;
+            (
+                policy.plain().in_empty_root(&empty),
+                policy.serving(&served)?,
+            )
+        };
         let xchg = match &opts.xchg {
             Some(dir) => dir.clone(),
             None => {
                 let dir = run_dir.path().join(shares::XCHG_TAG);
                 fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                confinement.1.hand_over(&[&dir])?;
                 dir
             }
         };
@@ -197,13 +219,21 @@ impl Session {
                 readonly: v.volume.readonly,
             });
         }
-        let sockets = PairSockets::new(run_dir.path())?;
         let smb_password = match profile.windows() {
             Some(_) => base.secrets()?.smb_password,
             None => String::new(),
         };
-        let (guest, controller) =
-            launch(&qemu, base, &profile, &run_dir, &sockets, &devices, opts).await?;
+        let (guest, controller, sockets) = launch(
+            &qemu,
+            store,
+            base,
+            &profile,
+            &run_dir,
+            &devices,
+            confinement,
+            opts,
+        )
+        .await?;
         Ok(Session {
             profile,
             smb_password,
@@ -369,16 +399,21 @@ pub async fn run(
 }
 
 /// Revives the base's pair (or cold-boots and sets it up) in `run_dir`, on fresh
-/// overlays, with `devices` behind the controller's 9p devices. Returns once both run.
+/// overlays, with `devices` behind the controller's 9p devices, each QEMU confined as
+/// given (guest, controller). Returns once both run.
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     qemu: &std::path::Path,
+    store: &Store,
     base: &Base,
     profile: &Profile,
     run_dir: &RunDir,
-    sockets: &PairSockets,
     devices: &[ControllerShare],
+    confinement: (Confinement, Confinement),
     opts: &SessionOptions,
-) -> Result<(Vm, Vm)> {
+) -> Result<(Vm, Vm, PairSockets)> {
+    let sockets = PairSockets::new(run_dir.path())?;
+    let sockets = &sockets;
     let overlays = PairFiles {
         kernel: base.file(files::KERNEL),
         guest_initrd: base.file(files::GUEST_INITRD),
@@ -407,18 +442,23 @@ async fn launch(
         base.file(files::GUEST_DISK),
         base.file(files::CONTROLLER_DISK),
     );
+    let templates = store.cache.join(overlay::TEMPLATES_DIR);
     let (g, c) = tokio::join!(
-        overlay::create(&guest_disk, &overlays.guest_disk),
-        overlay::create(&controller_disk, &overlays.controller_disk)
+        overlay::create_from_template(&guest_disk, &overlays.guest_disk, &templates),
+        overlay::create_from_template(&controller_disk, &overlays.controller_disk, &templates)
     );
     g?;
     c?;
     let pair = &base.manifest.pair;
     if opts.cold {
+        let mut guest = pair.guest_spec(&overlays, &RamMode::Anonymous, sockets);
+        let mut controller = pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
         let (g, c) = lifecycle::start(
             qemu,
-            pair.guest_spec(&overlays, &RamMode::Anonymous, sockets),
-            pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices),
+            guest,
+            controller,
             profile.guest_ready_marker(),
             opts.boot_timeout,
         )
@@ -438,7 +478,7 @@ async fn launch(
             },
         )
         .await?;
-        Ok((g, c))
+        Ok((g, c, sockets.clone()))
     } else {
         let ram = RamMode::Revive {
             guest: base.file(files::GUEST_RAM),
@@ -446,7 +486,9 @@ async fn launch(
             readonly: qemu::private_ram_can_be_readonly(base.manifest.qemu_version),
         };
         let mut guest = pair.guest_spec(&overlays, &ram, sockets);
-        let controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        let mut controller = pair.controller_spec(&overlays, &ram, sockets, devices);
+        guest.confinement = confinement.0;
+        controller.confinement = confinement.1;
         // The guest's device is the snapshot's; a fresh generation makes its kernel reseed.
         if pair.guest_has_generation_id() {
             guest.generation_id = Some(generation(
@@ -454,14 +496,15 @@ async fn launch(
                 !opts.replay_snapshot_randomness,
             ));
         }
-        lifecycle::revive(
+        let (g, c) = lifecycle::revive(
             qemu,
             guest,
             controller,
             &base.file(files::GUEST_STATE),
             &base.file(files::CONTROLLER_STATE),
         )
-        .await
+        .await?;
+        Ok((g, c, sockets.clone()))
     }
 }
 

@@ -45,6 +45,9 @@ pub fn usage(path: &Path) -> u64 {
 fn abandoned(dir: &Path) -> bool {
     match fs::File::open(dir.join("lock")) {
         Ok(f) => f.try_lock().is_ok(),
+        // Another user's run in a shared GUESTBOX_HOME (run directories are owner-only):
+        // not this user's to collect.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => false,
         Err(_) => fs::metadata(dir)
             .and_then(|m| m.modified())
             .ok()
@@ -136,6 +139,15 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
             }
         }
     }
+    // Overlay templates of backing files that are gone (a removed base).
+    for path in crate::machine::overlay::stale_templates(
+        &dirs.cache.join(crate::machine::overlay::TEMPLATES_DIR),
+    ) {
+        report.bytes += usage(&path);
+        if fs::remove_file(&path).is_ok() {
+            report.removed.push(path.display().to_string());
+        }
+    }
     for e in fs::read_dir(&store.runs).into_iter().flatten().flatten() {
         let path = e.path();
         if path.is_dir() && abandoned(&path) {
@@ -151,6 +163,17 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
         let path = e.path();
         if path.is_dir() {
             take(&path, &mut report);
+        }
+    }
+    // What interrupted pushes and pulls kept for their next attempt, once stale.
+    for path in crate::store::import::stale_registry_state(dirs, std::time::SystemTime::now()) {
+        if path.is_dir() {
+            take(&path, &mut report);
+        } else {
+            report.bytes += usage(&path);
+            if fs::remove_file(&path).is_ok() {
+                report.removed.push(path.display().to_string());
+            }
         }
     }
     Ok(report)

@@ -14,9 +14,10 @@ pub const SECRETS: &str = "secrets.json";
 /// Bump when the base layout or the way bases are made changes incompatibly.
 /// 3: manifests are sealed. 4: the guest carries a VM Generation ID device, and its login
 /// shell is guestbox's exec helper. 5: the guest's job server is frozen with it, and the
-/// pair settles before the freeze. 6: firmware-booted guests (Windows): the guest's
-/// machine in `pair.guest`, and a base's files are those its manifest lists.
-pub const BASE_FORMAT: u32 = 6;
+/// pair settles before the freeze. 6: the guest's generator is reseeded last before the
+/// freeze (replayed revives draw the same numbers). 7: firmware-booted guests (Windows):
+/// the guest's machine in `pair.guest`, and a base's files are those its manifest lists.
+pub const BASE_FORMAT: u32 = 7;
 
 /// Everything needed to revive a base exactly, and to tell whether this host can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,9 @@
 //! without waiting, so a base in use is never removed.
 
 pub mod gc;
+pub mod import;
 pub mod manifest;
+pub mod origin;
 pub mod verify;
 
 use std::fs::{self, File};
@@ -18,6 +20,7 @@ use crate::host::fs::make_writable;
 use crate::host::Dirs;
 use crate::{Error, IoContext, Result};
 pub use manifest::{files, FileSum, Manifest, Secrets, BASE_FORMAT, MANIFEST, SECRETS};
+pub use origin::{Origin, ORIGIN};
 pub use verify::{agent_id, checksum, quick_check, verify};
 
 #[derive(Debug, Clone)]
@@ -290,7 +293,14 @@ impl Store {
             let _ = fs::remove_file(self.names_dir().join(name));
         }
         make_writable(&doomed);
-        fs::remove_dir_all(&doomed).ctx(|| format!("removing {}", doomed.display()))
+        fs::remove_dir_all(&doomed).ctx(|| format!("removing {}", doomed.display()))?;
+        // The overlay templates made for its disks go with it (best effort: gc would too).
+        for t in crate::machine::overlay::stale_templates(
+            &self.cache.join(crate::machine::overlay::TEMPLATES_DIR),
+        ) {
+            let _ = fs::remove_file(t);
+        }
+        Ok(())
     }
 }
 

@@ -140,3 +140,7 @@ pub fn cmd(argv: &[&str]) -> guestbox::run::RunOptions {
     opts.session.boot_timeout = std::time::Duration::from_secs(300);
     opts
 }
+
+mod users;
+#[allow(unused_imports)] // Not every test file needs the test user.
+pub use users::*;

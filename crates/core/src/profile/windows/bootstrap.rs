@@ -26,6 +26,7 @@ use crate::host::process::run_tool;
 use crate::host::{programs, Dirs};
 use crate::images::cache::{ArtifactCache, Key};
 use crate::images::{Provenance, RECIPE_VERSION};
+use crate::machine::confine::Policy;
 use crate::pair::{PairSockets, RunDir};
 use crate::progress::Progress;
 use crate::store::Store;
@@ -324,8 +325,14 @@ async fn install(
         stage: super::STAGE_INSTALL.into(),
         problem: "there is none".into(),
     })?;
+    // Confined like every QEMU of a bootstrap: as root, it (and its swtpm) runs as the
+    // QEMU user, its disk and UEFI variables handed over open.
+    let mut stage = stage.clone();
+    stage.spec.confinement = Policy::for_host(&store.cache, qemu).await?.plain();
     let keep = store.failure_dir(super::STAGE_INSTALL)?;
-    let report = run_install(qemu, stage, sources.install_timeout, &keep, progress).await?;
+    let report = run_install(qemu, &stage, sources.install_timeout, &keep, progress).await;
+    crate::machine::tpm::take_back(&paths.tpm_state)?;
+    let report = report?;
     fs::copy(&report.console_log, tmp.join(INSTALL_CONSOLE))
         .ctx(|| format!("copying {}", report.console_log.display()))?;
     // The media hold the password and are of no use any more.

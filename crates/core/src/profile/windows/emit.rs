@@ -78,6 +78,7 @@ pub fn stage_script(stage: &Stage, index: usize, total: usize, hw: &Hardware) ->
                 .first()
                 .map_or(String::new(), |n| match &n.link {
                     Link::UnixDgram { remote, .. } => remote.display().to_string(),
+                    Link::Socket { .. } => "a socket pair".to_string(),
                 })
         )),
     }

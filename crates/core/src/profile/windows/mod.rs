@@ -97,6 +97,11 @@ pub const TPM_DIR: &str = "tpm";
 /// Sockets and logs, relative to the emit directory.
 pub const RUN_DIR: &str = "run";
 
+/// Windows guests keep Windows semantics on the share (case-insensitive Unicode names, DOS
+/// attributes; Cygwin makes its own symlinks): the controller's Samba as it always was.
+/// What `Profile::share_semantics` must give for a Windows profile.
+pub const SHARE_SEMANTICS: link::shares::Semantics = link::shares::Semantics::Windows;
+
 pub(crate) fn media_error(e: media::windows::Error) -> Error {
     match e {
         media::windows::Error::Io { path, source } => Error::Io {

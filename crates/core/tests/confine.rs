@@ -251,6 +251,14 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
     let socket = dir.path().join("swtpm.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let log = std::fs::File::create(dir.path().join("swtpm.log")).unwrap();
+    // Its state by descriptor: the directory above it, owner-only like a run directory,
+    // is closed to the user swtpm becomes.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let state_dir = std::fs::File::open(&state).unwrap();
     let t = Tpm {
         state_dir: state.clone(),
         socket: socket.clone(),
@@ -262,7 +270,7 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
             ctrl_fd: listener.as_raw_fd(),
             log_fd: log.as_raw_fd(),
             runas: runas.clone(),
-            state_fd: None,
+            state_fd: Some(state_dir.as_raw_fd()),
         },
     )
     .unwrap();
@@ -272,7 +280,7 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
         &swtpm,
         &args,
         &dir.path().join("swtpm.stderr"),
-        &[listener.as_raw_fd(), log.as_raw_fd()],
+        &[listener.as_raw_fd(), log.as_raw_fd(), state_dir.as_raw_fd()],
         None,
         runas.is_some(),
     )
@@ -290,6 +298,25 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
         )
     });
     assert_eq!(&answer[..4], [0, 0, 0, 0], "swtpm answered {answer:?}");
+    // CMD_INIT (no flags): the TPM starts, and writes its new permanent state into the
+    // state directory, as the user it became.
+    c.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).unwrap();
+    let mut result = [0u8; 4];
+    c.read_exact(&mut result).unwrap();
+    assert_eq!(
+        result,
+        [0, 0, 0, 0],
+        "CMD_INIT failed; swtpm's log: {}",
+        std::fs::read_to_string(dir.path().join("swtpm.log")).unwrap_or_default()
+    );
+    let permall = state.join("tpm2-00.permall");
+    assert!(permall.is_file(), "swtpm wrote no state");
+    if let Some(user) = &runas {
+        assert_eq!(
+            Ids::owner_of(&permall).unwrap().uid,
+            Ids::of_user(user).unwrap().uid
+        );
+    }
     let pid = child.pid().unwrap();
     let (uid, seccomp, nnp) = status_of(pid);
     assert_eq!((seccomp, nnp), (2, 1), "swtpm is not sandboxed");

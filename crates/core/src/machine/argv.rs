@@ -593,6 +593,26 @@ mod tests {
         assert!(devices.contains(&"tpm-tis,tpmdev=tpm0"));
         assert!(after(&argv, "-chardev").contains(&"socket,id=chrtpm,path=/r/swtpm.sock"));
         assert_eq!(after(&argv, "-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);
+        // The variable store by its descriptors, in the set after the drives': QEMU
+        // reopens it on an incoming resume, when it may no longer be root.
+        let (rw, ro) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let vars = OpenedDrive {
+            drive: DriveSlot::UefiVars,
+            read_write: Descriptor::new(rw.into()),
+            read_only: Descriptor::new(ro.into()),
+        };
+        let (a, b) = (vars.read_write.fd(), vars.read_only.fd());
+        let set = s.drives.len() + 1;
+        let argv = s.argv_opened(&[vars]).unwrap();
+        assert_eq!(
+            after(&argv, "-add-fd"),
+            [format!("fd={a},set={set}"), format!("fd={b},set={set}")]
+        );
+        let drives = after(&argv, "-drive");
+        assert!(
+            drives.contains(&format!("file=/dev/fdset/{set},if=pflash,unit=1,format=raw").as_str())
+        );
+        assert!(!drives.iter().any(|d| d.contains("vars")));
         // A kernel-booted VM has none of it.
         let plain = spec().argv().unwrap();
         assert!(!plain

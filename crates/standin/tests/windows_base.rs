@@ -536,3 +536,15 @@ fn processes_with(needle: &str) -> Vec<String> {
     }
     out
 }
+
+/// Push and pull do not carry a Windows base's UEFI variables and TPM state yet: both
+/// refuse one before anything moves, saying so.
+#[test]
+fn standin_windows_base_is_refused_by_push_and_pull_with_the_reason() {
+    let e = guestbox::store::import::check_transportable(&base().manifest).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("UEFI variables and TPM state") && text.contains("windows"),
+        "{text}"
+    );
+}

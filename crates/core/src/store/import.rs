@@ -29,6 +29,21 @@ pub fn transported_files() -> Vec<&'static str> {
     all
 }
 
+/// Refuses a base whose files are not [`transported_files`]: a firmware-booted (Windows)
+/// guest's base has no guest kernel image but a UEFI variable store and a TPM state
+/// directory, which push and pull do not carry yet.
+pub fn check_transportable(manifest: &Manifest) -> Result<()> {
+    if manifest.pair.guest.is_some() {
+        return Err(Error::Usage(format!(
+            "base {} is a {} base: push and pull do not carry a Windows guest's UEFI \
+             variables and TPM state yet; bootstrap it on each host instead",
+            manifest.id.get(..12).unwrap_or(&manifest.id),
+            manifest.profile
+        )));
+    }
+    Ok(())
+}
+
 /// What push and pull keep between attempts: `registry/push` (the registry client's state:
 /// upload sessions to resume, part digests, which repositories hold which blobs) and
 /// `registry/pull/<manifest digest>` (blobs downloaded so far).

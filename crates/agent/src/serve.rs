@@ -58,8 +58,10 @@ pub(crate) fn serve(port: &Path) -> io::Result<()> {
             },
             Ok(Request::Setup(setup)) => match ssh::setup(&setup) {
                 Ok(s) => {
-                    server = s;
-                    Event::SetupDone
+                    server = s.server;
+                    Event::SetupDone {
+                        host_key: s.host_key,
+                    }
                 }
                 Err(e) => Event::Error {
                     message: format!("setup: {e}"),

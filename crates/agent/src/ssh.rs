@@ -18,7 +18,10 @@ pub(crate) const SSH_DIR: &str = "/run/guestbox/ssh";
 /// The master's control socket, which [`crate::mux`] connects to.
 pub(crate) const MASTER: &str = "/run/guestbox/ssh/master";
 
-fn ssh_args() -> Vec<String> {
+/// `ssh`'s options for the guest. `host_keys`: `yes` (only the known key) or `accept-new`
+/// (the first key seen, at a bootstrap that does not know it yet); ssh takes the first
+/// value given for an option, so it is chosen here.
+fn ssh_args(host_keys: &str) -> Vec<String> {
     [
         "-F",
         "/dev/null",
@@ -27,7 +30,7 @@ fn ssh_args() -> Vec<String> {
         "-o",
         &format!("UserKnownHostsFile={SSH_DIR}/known_hosts"),
         "-o",
-        "StrictHostKeyChecking=yes",
+        &format!("StrictHostKeyChecking={host_keys}"),
         "-o",
         "BatchMode=yes",
         "-o",
@@ -74,9 +77,16 @@ fn open_server() -> io::Result<Server> {
     })
 }
 
+/// What setup leaves: the guest's job server (None if there is none: jobs then open a
+/// session each), and the guest's host key the connection trusted.
+pub(crate) struct SetUp {
+    pub server: Option<Server>,
+    pub host_key: String,
+}
+
 /// Once, at bootstrap: credentials, the master connection, the guest's setup script, then
-/// the guest's job server (None if it could not be started: jobs then open a session each).
-pub(crate) fn setup(setup: &Setup) -> io::Result<Option<Server>> {
+/// the guest's job server if asked for.
+pub(crate) fn setup(setup: &Setup) -> io::Result<SetUp> {
     fs::create_dir_all(SSH_DIR)?;
     fs::set_permissions(SSH_DIR, fs::Permissions::from_mode(0o700))?;
     let mut key = setup.client_key.clone();
@@ -84,24 +94,34 @@ pub(crate) fn setup(setup: &Setup) -> io::Result<Option<Server>> {
         key.push('\n');
     }
     write_secret(&format!("{SSH_DIR}/id"), &key)?;
-    write_secret(
-        &format!("{SSH_DIR}/known_hosts"),
-        &format!("{} {}\n", net::GUEST_ADDRESS, setup.guest_host_key.trim()),
-    )?;
+    let known_hosts = format!("{SSH_DIR}/known_hosts");
+    let host_keys = if setup.guest_host_key.trim().is_empty() {
+        // Trust on first use, on a link that has nothing but the guest on it.
+        write_secret(&known_hosts, "")?;
+        "accept-new"
+    } else {
+        write_secret(
+            &known_hosts,
+            &format!("{} {}\n", net::GUEST_ADDRESS, setup.guest_host_key.trim()),
+        )?;
+        "yes"
+    };
     smb::set_password(&setup.smb_password)?;
     // Like the original's controller: wait until the guest's SSH port answers.
     let addr = SocketAddr::from((net::GUEST_ADDRESS, net::SSH_PORT));
     let start = Instant::now();
+    let wait = Duration::from_secs(setup.ssh_wait_secs);
     while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(io::Error::other(
-                "the guest's SSH port did not open within 120 s",
-            ));
+        if start.elapsed() > wait {
+            return Err(io::Error::other(format!(
+                "the guest's SSH port did not open within {} s",
+                wait.as_secs()
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let target = format!("{}@{}", setup.guest_user, net::GUEST_ADDRESS);
-    let mut args = ssh_args();
+    let mut args = ssh_args(host_keys);
     args.extend(
         [
             "-o",
@@ -124,8 +144,13 @@ pub(crate) fn setup(setup: &Setup) -> io::Result<Option<Server>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let mut args = ssh_args();
-    args.extend([target, "sh -s".to_string()]);
+    // `192.168.0.1 ssh-ed25519 AAAA...`: the key, without the host.
+    let host_key = fs::read_to_string(&known_hosts)?
+        .lines()
+        .find_map(|l| l.split_once(' ').map(|(_, key)| key.trim().to_string()))
+        .unwrap_or_default();
+    let mut args = ssh_args(host_keys);
+    args.extend([target, setup.guest_command.clone()]);
     let mut child = Command::new("/usr/bin/ssh")
         .args(&args)
         .stdin(Stdio::piped())
@@ -144,13 +169,20 @@ pub(crate) fn setup(setup: &Setup) -> io::Result<Option<Server>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    match open_server() {
-        Ok(server) => Ok(Some(server)),
+    if !setup.job_server {
+        return Ok(SetUp {
+            server: None,
+            host_key,
+        });
+    }
+    let server = match open_server() {
+        Ok(server) => Some(server),
         Err(e) => {
             crate::console(&format!(
                 "guestbox-agent: no job server in the guest ({e}); each job opens a session"
             ));
-            Ok(None)
+            None
         }
-    }
+    };
+    Ok(SetUp { server, host_key })
 }

@@ -286,7 +286,8 @@ pub struct BootstrapArgs {
     pub image: ImageArgs,
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Seconds the guest may take to install and boot.
+    /// Seconds the guest may take to boot until it is ready (Windows: its first boot until
+    /// SSH answers; the install has --install-timeout).
     #[arg(long, default_value = "600", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
     #[command(flatten)]
@@ -348,8 +349,9 @@ pub struct WindowsArgs {
     /// pressed over QMP, the end read from COM1) instead of its script.
     #[arg(long, requires = "emit")]
     pub run_install: bool,
-    /// How long the install stage may take before it is stopped.
-    #[arg(long, default_value = "12h", value_parser = parse_duration, requires = "run_install")]
+    /// How long the Windows install may take before it is stopped (then its console and a
+    /// screenshot are kept, and the error names them).
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
     pub install_timeout: std::time::Duration,
 }
 
@@ -473,11 +475,30 @@ pub struct RmArgs {
 /// later, before anything starts); the guest path must be absolute and plain.
 pub fn parse_volume(s: &str) -> Result<Volume, String> {
     let bad = |why: &str| format!("{s:?}: {why} (expected HOST:GUEST or HOST:GUEST:ro)");
-    let (rest, readonly) = match s.rsplit_once(':') {
-        Some((rest, "ro")) => (rest, true),
-        Some((rest, "rw")) => (rest, false),
-        _ => (s, false),
+    let (rest, mode) = match s.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, Some(true)),
+        Some((rest, "rw")) => (rest, Some(false)),
+        _ => (s, None),
     };
+    let readonly = mode.unwrap_or(false);
+    // A drive letter, for Windows guests: HOST:S:, HOST:S::ro, or HOST:S:ro.
+    fn letter(r: &str) -> Option<(&str, &str)> {
+        r.rsplit_once(':').filter(|(h, l)| {
+            !h.is_empty() && l.len() == 1 && l.chars().all(|c| c.is_ascii_alphabetic())
+        })
+    }
+    let drive = match rest.strip_suffix(':') {
+        Some(r) => letter(r),
+        None if mode.is_some() => letter(rest),
+        None => None,
+    };
+    if let Some((host, l)) = drive {
+        return Ok(Volume {
+            host: PathBuf::from(host),
+            guest: format!("{l}:"),
+            readonly,
+        });
+    }
     let (host, guest) = rest
         .rsplit_once(':')
         .ok_or_else(|| bad("missing ':GUEST'"))?;
@@ -485,7 +506,9 @@ pub fn parse_volume(s: &str) -> Result<Volume, String> {
         return Err(bad("empty host directory"));
     }
     if !guest.starts_with('/') {
-        return Err(bad("the guest path must be absolute"));
+        return Err(bad(
+            "the guest path must be absolute (or, for a Windows guest, a drive letter like S:)",
+        ));
     }
     if guest.contains('\0') || guest.contains('\n') || guest.split('/').any(|c| c == "..") {
         return Err(bad("the guest path may not contain '..', newlines or NUL"));
@@ -603,8 +626,29 @@ mod tests {
         let v = parse_volume("./out:/out").unwrap();
         assert!(!v.readonly);
         assert_eq!(v.host, PathBuf::from("./out"));
-        for bad in ["/src", "/src:work", ":/x", "/a:/b/../c", "/a:"] {
+        for bad in [
+            "/src",
+            "/src:work",
+            ":/x",
+            "/a:/b/../c",
+            "/a:",
+            "/a:S",
+            ":S:",
+            "/a:SS:",
+        ] {
             assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+        // Drive letters, for Windows guests.
+        for (spec, host, ro) in [
+            ("/src:S:", "/src", false),
+            ("/src:s::ro", "/src", true),
+            ("/src:S:ro", "/src", true),
+            ("C:/h:S:rw", "C:/h", false),
+        ] {
+            let v = parse_volume(spec).unwrap();
+            assert_eq!(v.host, PathBuf::from(host), "{spec}");
+            assert_eq!(v.guest.to_ascii_uppercase(), "S:", "{spec}");
+            assert_eq!(v.readonly, ro, "{spec}");
         }
     }
 

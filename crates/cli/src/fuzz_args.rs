@@ -46,18 +46,27 @@ fn check_volume(s: &str) -> Result<Option<Volume>, TestCaseError> {
         Ok(v) => {
             let host = v.host.to_str().expect("host came from a str");
             prop_assert!(!host.is_empty(), "-v {s:?}: {v:?}");
-            prop_assert!(v.guest.starts_with('/'), "-v {s:?}: {v:?}");
+            let b = v.guest.as_bytes();
+            let drive = b.len() == 2 && b[0].is_ascii_alphabetic() && b[1] == b':';
+            prop_assert!(drive || v.guest.starts_with('/'), "-v {s:?}: {v:?}");
             prop_assert!(
-                !v.guest.contains(['\0', '\n', ':']) && !v.guest.split('/').any(|c| c == ".."),
+                drive
+                    || !v.guest.contains(['\0', '\n', ':'])
+                        && !v.guest.split('/').any(|c| c == ".."),
                 "-v {s:?}: {v:?}"
             );
-            // The spec is exactly HOST:GUEST, HOST:GUEST:ro or HOST:GUEST:rw.
+            // The spec is exactly HOST:GUEST, HOST:GUEST:ro or HOST:GUEST:rw (a drive
+            // letter's colon may double as the mode's).
             let plain = format!("{host}:{}", v.guest);
-            let forms = if v.readonly {
+            let short = format!("{host}:{}", &v.guest[..v.guest.len().min(1)]);
+            let mut forms = if v.readonly {
                 vec![format!("{plain}:ro")]
             } else {
                 vec![plain.clone(), format!("{plain}:rw")]
             };
+            if drive {
+                forms.push(format!("{short}:{}", if v.readonly { "ro" } else { "rw" }));
+            }
             prop_assert!(forms.contains(&s.to_owned()), "-v {s:?}: {v:?}");
             Ok(Some(v))
         }
@@ -147,7 +156,8 @@ proptest! {
     fn volume_bad_guest_paths_are_refused(
         host in "[a-z/.]{1,10}",
         guest in prop_oneof![
-            "[^/:\\x00\\n][^:\\x00\\n]{0,10}",                                    // relative
+            // relative (one letter with a mode is a drive: HOST:S:ro)
+            "[^/:\\x00\\n][^:\\x00\\n]{0,10}".prop_filter("not a drive letter", |g| !(g.len() == 1 && g.as_bytes()[0].is_ascii_alphabetic())),
             (guest_path(), guest_path()).prop_map(|(a, b)| format!("{a}/..{b}")), // ..
             (guest_path(), select(vec!["\0", "\n"]), "[a-z]{0,4}").prop_map(|(a, c, b)| format!("{a}{c}{b}")),
             Just(String::new()),

@@ -94,6 +94,7 @@ pub async fn push(args: &PushArgs, progress: &Progress, quiet: bool) -> Result<i
     let base = store.resolve(&args.base)?;
     // A damaged base would be refused by every pull; say so here, before sending it.
     store::quick_check(&base)?;
+    import::check_transportable(&base.manifest)?;
     // `rm` waits until the push is done.
     let _hold = base.lock_shared()?;
     let client = client(&args.registry)?;
@@ -180,6 +181,7 @@ pub async fn pull(args: &PullArgs, progress: &Progress, quiet: bool) -> Result<i
     // this guestbox can take, and not here already.
     let found = client.inspect(reference).await?;
     let manifest = import::parse_manifest(&found.config)?;
+    import::check_transportable(&manifest)?;
     // A base with another agent runs in no way here, cold or revived: refuse it now.
     compat::check_agent_of(&manifest)?;
     let mut warnings = Vec::new();

@@ -1,12 +1,15 @@
-//! `guestbox bootstrap --profile windows|windows-xp`: the install media and the QEMU stages
-//! are generated (`--emit DIR`), and `--run-install` runs the install stage; the first boot
-//! with the controller and the snapshot are not run by guestbox yet.
+//! `guestbox bootstrap --profile windows|windows-xp`: all the way to a base (install, first
+//! boot next to the controller, the share mapped, both VMs frozen), or with `--emit DIR`
+//! only the install media and each stage's QEMU command line (`--run-install` then runs
+//! the install stage).
 
 use std::path::PathBuf;
 
-use guestbox::host::{fs::random_hex, process::run_tool, programs};
+use guestbox::bootstrap::{self as core_bootstrap, BootstrapOptions};
+use guestbox::host::{fs::random_hex, process::run_tool, programs, Dirs};
 use guestbox::machine::Accel;
 use guestbox::profile::windows as win;
+use guestbox::profile::Profile as CoreProfile;
 use guestbox::progress::Progress;
 use guestbox::{Error, IoContext, Result};
 use media::cygwin::CygwinMirror;
@@ -33,13 +36,6 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
             "--profile {name}: --cygwin-mirror DIR is required (a local Cygwin mirror; see the README)"
         ))
     })?;
-    let Some(dir) = w.emit.clone() else {
-        return Err(Error::Usage(format!(
-            "--profile {name}: running the Windows install is not wired up yet; use --emit DIR to \
-             generate the floppy, the Cygwin CD, the answer file and the QEMU command line of \
-             each stage (see the README, \"Windows guests\")"
-        )));
-    };
     if profile == Profile::WindowsXp {
         // XP's Setup takes numbers, not names: refuse what we cannot map, before writing.
         if media::windows::xp_time_zone(&w.timezone).is_none() {
@@ -65,6 +61,9 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
                 .into(),
         ));
     }
+    let Some(dir) = w.emit.clone() else {
+        return full_bootstrap(args, profile, iso, mirror_dir, progress).await;
+    };
     let keys = dir.join("controller-key");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Usage(format!("--emit {}: {e}", dir.display())))?;
@@ -78,41 +77,8 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         },
     };
     let public_key = controller_key(&keys).await?;
-    let mut settings = WindowsSettings::new(profile, password, public_key);
-    settings.firmware = if w.uefi || w.tpm {
-        Firmware::Uefi
-    } else {
-        Firmware::Bios
-    };
-    if w.tpm {
-        settings.win11 = Win11Requirements::RealTpmUefi;
-    }
-    if let Some(i) = w.image_index {
-        settings.image = ImageSelection::Index(i);
-    }
-    if let Some(name) = &w.edition {
-        settings.image = ImageSelection::Name(name.clone());
-    }
-    settings.product_key = w.product_key.clone();
-    settings.locale = w.locale.clone();
-    settings.timezone = w.timezone.clone();
-    for p in &w.cygwin_packages {
-        if !settings.cygwin.packages.contains(p) {
-            settings.cygwin.packages.push(p.clone());
-        }
-    }
-    let arch = settings.cygwin.arch;
-    let setup_exe = w.cygwin_setup.clone().unwrap_or_else(|| {
-        mirror_dir
-            .parent()
-            .map(|p| p.join(arch.setup_exe()))
-            .unwrap_or_else(|| PathBuf::from(arch.setup_exe()))
-    });
-    let mirror = CygwinMirror {
-        dir: mirror_dir,
-        setup_exe,
-        arch,
-    };
+    let settings = choices(w, WindowsSettings::new(profile, password, public_key));
+    let mirror = cygwin_mirror(w, mirror_dir, settings.cygwin.arch);
     // The emitted command lines are for this host: KVM only if asked for explicitly (the
     // scripts run outside guestbox, which would otherwise probe it).
     let accel = match args.vm.accel {
@@ -161,15 +127,15 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
                 stage: win::STAGE_INSTALL.into(),
                 problem: "it was not emitted".into(),
             })?;
-        let done = win::install::run_install(
-            &qemu,
-            &report.dir,
-            install,
-            &hw,
-            w.install_timeout,
-            progress,
-        )
-        .await?;
+        // The stage's paths are relative to DIR, as in its script; its disk is made as the
+        // script makes it.
+        let mut install = install.clone();
+        install.spec.cwd = Some(report.dir.clone());
+        win::install::create_disk(&report.dir.join(win::DISK_FILE), hw.disk_gib).await?;
+        // A failed install keeps its console and a screenshot next to the stage scripts.
+        let keep = report.dir.join("failed-install");
+        let done =
+            win::install::run_install(&qemu, &install, w.install_timeout, &keep, progress).await?;
         println!(
             "install stage done in {:.0} s (COM1: {}); next: the first-boot script",
             done.took.as_secs_f64(),
@@ -178,6 +144,102 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
     }
     Ok(0)
 }
+
+/// The user's choices for the answer file, on top of `settings` (which holds the secrets).
+fn choices(w: &cli::WindowsArgs, mut settings: WindowsSettings) -> WindowsSettings {
+    settings.firmware = if w.uefi || w.tpm {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    if w.tpm {
+        settings.win11 = Win11Requirements::RealTpmUefi;
+    }
+    if let Some(i) = w.image_index {
+        settings.image = ImageSelection::Index(i);
+    }
+    if let Some(name) = &w.edition {
+        settings.image = ImageSelection::Name(name.clone());
+    }
+    settings.product_key = w.product_key.clone();
+    settings.locale = w.locale.clone();
+    settings.timezone = w.timezone.clone();
+    for p in &w.cygwin_packages {
+        if !settings.cygwin.packages.contains(p) {
+            settings.cygwin.packages.push(p.clone());
+        }
+    }
+    settings
+}
+
+/// The mirror in `dir`, with its setup program (given, or next to the mirror).
+fn cygwin_mirror(
+    w: &cli::WindowsArgs,
+    dir: PathBuf,
+    arch: media::cygwin::CygwinArch,
+) -> CygwinMirror {
+    let setup_exe = w.cygwin_setup.clone().unwrap_or_else(|| {
+        dir.parent()
+            .map(|p| p.join(arch.setup_exe()))
+            .unwrap_or_else(|| PathBuf::from(arch.setup_exe()))
+    });
+    CygwinMirror {
+        dir,
+        setup_exe,
+        arch,
+    }
+}
+
+/// `bootstrap --profile windows|windows-xp` without `--emit`: install (cached), first
+/// boot next to the controller, the share mapped, both VMs frozen into a base — the same
+/// bootstrap as every profile's.
+async fn full_bootstrap(
+    args: &BootstrapArgs,
+    kind: Profile,
+    iso: PathBuf,
+    mirror_dir: PathBuf,
+    progress: &Progress,
+) -> Result<i32> {
+    let w = &args.windows;
+    // The install makes its own controller key and (unless given) password; the profile
+    // records only the choices, so these placeholders go nowhere.
+    let settings = choices(
+        w,
+        WindowsSettings::new(kind, Secret::new("unused"), PLACEHOLDER_KEY),
+    );
+    settings
+        .validate()
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let mirror = cygwin_mirror(w, mirror_dir, settings.cygwin.arch);
+    let defaults = win::Hardware::new(&settings, Accel::Tcg);
+    let sources = win::Sources {
+        iso,
+        mirror,
+        admin_password: w.admin_password.clone().map(Secret::new),
+        product_key: w.product_key.clone(),
+        install_timeout: w.install_timeout,
+    };
+    let wp = win::WindowsProfile::new(&settings, defaults.disk_gib, Some(sources));
+    let profile = match kind {
+        Profile::Windows => CoreProfile::Windows(wp),
+        Profile::WindowsXp => CoreProfile::WindowsXp(wp),
+    };
+    let opts = BootstrapOptions {
+        profile,
+        name: args.name.clone(),
+        memory_mib: args.vm.memory.unwrap_or(defaults.memory_mib),
+        cpus: args.vm.cpus.unwrap_or(defaults.cpus),
+        accel: args.vm.accel.into(),
+        timeout: args.timeout,
+    };
+    let base = core_bootstrap::bootstrap(&Dirs::from_env()?, &opts, progress).await?;
+    println!("{}", base.manifest.id);
+    Ok(0)
+}
+
+/// A syntactically valid public key for settings that only record choices.
+const PLACEHOLDER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVudXNlZHVudXNlZHVudXNlZHVudXNlZHVudXNl unused";
 
 /// A password Windows' default complexity rules accept: upper, lower, digit, symbol.
 fn generated_password() -> Result<String> {

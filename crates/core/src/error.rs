@@ -155,6 +155,11 @@ pub enum Error {
     #[error("the Windows {stage} stage: {problem}")]
     Stage { stage: String, problem: String },
 
+    /// A stage of a Windows bootstrap failed while its VM ran (it did not end in time, its
+    /// SSH never answered): its console and a last screenshot are kept for the user.
+    #[error("{0}")]
+    StageFailed(Box<StageFailure>),
+
     /// The Windows guest's bootstrap reported a failed step on COM1.
     #[error("the Windows bootstrap failed at step {step:?} (COM1 is kept in {}):\n{tail}", console.display())]
     WindowsBootstrap {
@@ -205,5 +210,37 @@ impl<T> IoContext<T> for serde_json::Result<T> {
             context: context().into(),
             source,
         })
+    }
+}
+
+/// What [`Error::StageFailed`] says (boxed: it is larger than the other variants).
+#[derive(Debug)]
+pub struct StageFailure {
+    pub stage: String,
+    pub problem: String,
+    /// The stage's console log, kept (until `guestbox gc`).
+    pub console: PathBuf,
+    /// A last screenshot (PPM), if the display could be saved.
+    pub screenshot: Option<PathBuf>,
+    /// The console's last lines.
+    pub tail: String,
+}
+
+impl std::fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shot = self
+            .screenshot
+            .as_ref()
+            .map_or("(none: the display could not be saved)".to_string(), |p| {
+                p.display().to_string()
+            });
+        write!(
+            f,
+            "the Windows {} stage {}.\n  Kept for you (until `guestbox gc`):\n    console log  {}\n    screenshot   {shot}\n  Last lines of its console:\n{}",
+            self.stage,
+            self.problem,
+            self.console.display(),
+            self.tail
+        )
     }
 }

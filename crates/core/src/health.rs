@@ -117,7 +117,9 @@ pub async fn boot_to_ready(
         rtc: Rtc::default(),
         generation_id: None,
         incoming: false,
+        platform: Default::default(),
         inherit: sockets.inherit(),
+        cwd: None,
         confinement,
     };
     let keep = runs.join(format!("last-boot-{}.log", which.name()));
@@ -139,7 +141,7 @@ async fn boot_and_stop(
     sockets: &PairSockets,
 ) -> Result<Duration> {
     let started = Instant::now();
-    let mut vm = Vm::start(qemu, spec)?;
+    let mut vm = Vm::start(qemu, spec).await?;
     vm.wait_for_console(marker, timeout).await?;
     let ready_after = started.elapsed();
     match which {

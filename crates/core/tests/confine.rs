@@ -90,10 +90,12 @@ async fn a_qemu_that_tries_to_start_a_process_is_killed_by_its_sandbox() {
         rtc: Rtc::default(),
         generation_id: None,
         incoming: false,
+        platform: Default::default(),
         inherit: Some(short.clone()),
+        cwd: None,
         confinement: Policy::for_host(&dirs.cache, &qemu).await.unwrap().plain(),
     };
-    let mut vm = Vm::start(&qemu, spec).unwrap();
+    let mut vm = Vm::start(&qemu, spec).await.unwrap();
     vm.qmp().await.unwrap();
     let pid = vm.process.pid().unwrap();
     let (uid, seccomp, nnp) = status_of(pid);
@@ -231,7 +233,8 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
 /// profile, as root no longer root, and serving the socket QEMU connects to by path.
 #[tokio::test]
 async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
-    use guestbox::profile::windows::{Swtpm, SwtpmHandles};
+    use guestbox::machine::spec::Tpm;
+    use guestbox::machine::tpm::{argv_handed, Handles};
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let swtpm = guestbox::host::programs::find("swtpm").expect("swtpm (scripts/setup)");
@@ -248,25 +251,36 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
     let socket = dir.path().join("swtpm.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let log = std::fs::File::create(dir.path().join("swtpm.log")).unwrap();
-    let t = Swtpm {
+    // Its state by descriptor: the directory above it, owner-only like a run directory,
+    // is closed to the user swtpm becomes.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let state_dir = std::fs::File::open(&state).unwrap();
+    let t = Tpm {
         state_dir: state.clone(),
         socket: socket.clone(),
         log: dir.path().join("swtpm.log"),
-        pid_file: dir.path().join("swtpm.pid"),
-        handles: Some(SwtpmHandles {
+    };
+    let args = argv_handed(
+        &t,
+        &Handles {
             ctrl_fd: listener.as_raw_fd(),
             log_fd: log.as_raw_fd(),
             runas: runas.clone(),
-        }),
-    };
-    let args = t.argv().unwrap();
+            state_fd: Some(state_dir.as_raw_fd()),
+        },
+    )
+    .unwrap();
     assert!(args.windows(2).any(|w| w == ["--seccomp", "action=kill"]));
     let mut child = guestbox::host::process::Supervised::spawn_inheriting(
         "swtpm",
         &swtpm,
         &args,
         &dir.path().join("swtpm.stderr"),
-        &[listener.as_raw_fd(), log.as_raw_fd()],
+        &[listener.as_raw_fd(), log.as_raw_fd(), state_dir.as_raw_fd()],
         None,
         runas.is_some(),
     )
@@ -284,6 +298,25 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
         )
     });
     assert_eq!(&answer[..4], [0, 0, 0, 0], "swtpm answered {answer:?}");
+    // CMD_INIT (no flags): the TPM starts, and writes its new permanent state into the
+    // state directory, as the user it became.
+    c.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).unwrap();
+    let mut result = [0u8; 4];
+    c.read_exact(&mut result).unwrap();
+    assert_eq!(
+        result,
+        [0, 0, 0, 0],
+        "CMD_INIT failed; swtpm's log: {}",
+        std::fs::read_to_string(dir.path().join("swtpm.log")).unwrap_or_default()
+    );
+    let permall = state.join("tpm2-00.permall");
+    assert!(permall.is_file(), "swtpm wrote no state");
+    if let Some(user) = &runas {
+        assert_eq!(
+            Ids::owner_of(&permall).unwrap().uid,
+            Ids::of_user(user).unwrap().uid
+        );
+    }
     let pid = child.pid().unwrap();
     let (uid, seccomp, nnp) = status_of(pid);
     assert_eq!((seccomp, nnp), (2, 1), "swtpm is not sandboxed");

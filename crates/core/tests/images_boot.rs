@@ -83,7 +83,9 @@ fn guest_spec(dir: &std::path::Path, init: &str, disk: std::path::PathBuf) -> Vm
         rtc: Rtc::default(),
         generation_id: None,
         incoming: false,
+        platform: Default::default(),
         inherit: None,
+        cwd: None,
         // The full sandbox, QEMU staying who the test is.
         confinement: Default::default(),
     }
@@ -99,6 +101,7 @@ async fn broken_root_disk_init_fails_fast_with_the_console_tail() {
         &common::qemu(),
         guest_spec(dir.path(), "/no/such/init", overlay),
     )
+    .await
     .unwrap();
     let err = vm
         .wait_for_console("GUESTBOX-READY guest", Duration::from_secs(240))
@@ -124,6 +127,7 @@ async fn boot_that_never_gets_ready_times_out_with_the_console_tail() {
         &common::qemu(),
         guest_spec(dir.path(), &images.guest.init, overlay),
     )
+    .await
     .unwrap();
     // The guest boots fine but never prints this marker.
     let err = vm

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use guestbox::machine::spec::{Boot, DriveInterface, Memory, NicModel};
 use guestbox::machine::Accel;
+use guestbox::pair::GuestFiles;
 use guestbox::profile::windows::{
     self, command_lines, emit, run_script, run_spec, stage_specs, Hardware, StageEnd, WindowsPaths,
     HYPERV_FLAGS, STAGE_FIRST_BOOT, STAGE_INSTALL,
@@ -285,7 +286,7 @@ fn windows_bios_install_then_first_boot() {
     );
     assert!(stages
         .iter()
-        .all(|st| st.swtpm.is_none() && st.boot_keys.is_none()));
+        .all(|st| st.spec.platform.tpm.is_none() && st.boot_keys.is_none()));
     assert_eq!(stages[0].spec.drives[0].interface, DriveInterface::Ahci);
     assert_eq!(stages[1].spec.memory, Memory::Anonymous);
 }
@@ -327,8 +328,26 @@ fn revive_is_the_first_boot_machine_waiting_for_its_state() {
         .argv()
         .unwrap();
     let ram = dir.path().join("guest.ram");
-    let revive = windows::revive_stage(&s, &p, &hw, &ram, false).unwrap();
-    assert!(revive.boot_keys.is_none() && revive.swtpm.is_some());
+    // A revive is the recorded guest's machine with the base's RAM mapped private.
+    let revive = windows::firmware_guest(&s, &hw).spec(
+        hw.accel,
+        hw.memory_mib,
+        hw.cpus,
+        &GuestFiles {
+            disk: p.disk.clone(),
+            vars: p.ovmf_vars.clone(),
+            tpm_state: p.tpm_state.clone(),
+        },
+        Memory::File {
+            path: ram.clone(),
+            shared: false,
+            readonly: false,
+        },
+        true,
+        &p.sockets,
+        "guest",
+    );
+    assert!(revive.platform.tpm.is_some());
     let argv = revive.argv().unwrap();
     assert_eq!(
         after(&argv, "-object"),
@@ -458,8 +477,13 @@ fn windows_uefi_with_tpm_and_secure_boot() {
         assert_no_invtsc(&argv);
 
         // swtpm serves the same socket, TPM 2.0, state in the base.
-        let swtpm = st.swtpm.as_ref().expect("a TPM stage starts swtpm");
-        let args = swtpm.argv().unwrap();
+        let tpm = st
+            .spec
+            .platform
+            .tpm
+            .as_ref()
+            .expect("a TPM stage starts swtpm");
+        let args = guestbox::machine::tpm::argv(tpm, None).unwrap();
         assert_eq!(&args[..2], ["socket", "--tpm2"]);
         assert_eq!(
             after(&args, "--tpmstate"),
@@ -1299,9 +1323,8 @@ fn run_script_maps_the_share_root_mounts_the_volumes_and_returns_the_exit_code()
     assert_eq!(spec.server.to_string(), "192.168.0.2");
     assert_eq!(spec.smb_user, "guestbox");
     assert_eq!(spec.smb_password.expose(), "smb-pass");
-    assert_eq!(spec.shares.len(), 1);
-    assert_eq!(spec.shares[0].share, "guestbox");
-    assert_eq!(spec.shares[0].drive, windows::SHARE_DRIVE);
+    // The share root was mapped at bootstrap: a run only binds its slots.
+    assert!(spec.shares.is_empty() && spec.drives.is_empty());
     assert_eq!(spec.env, j.env);
 
     let script = run_script(&j, "smb-pass").unwrap();
@@ -1314,15 +1337,41 @@ fn run_script_maps_the_share_root_mounts_the_volumes_and_returns_the_exit_code()
     let mounts = std::fs::read_to_string(dir.path().join("mounts")).unwrap();
     assert_eq!(
         mounts,
-        "-f -o binary,noacl G:/ /run/guestbox/share\n\
-         -f -o binary,noacl G:/vol0 /src dir\n\
-         -f -o binary,noacl G:/vol1 /out\n"
+        "-f -o bind /run/guestbox/share/vol0 /src dir\n\
+         -f -o bind /run/guestbox/share/vol1 /out\n"
     );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("date")).unwrap(),
         "-s @1700000000\n"
     );
+    assert!(!dir.path().join("map.cmd").exists(), "a run mapped a drive");
+
+    // A drive-letter volume is its slot mapped for the run, not persistently.
+    let mut j = job(&work);
+    j.mounts[1].guest_path = "s:".into();
+    let spec = run_spec(&j, "smb-pass").unwrap();
+    assert_eq!(spec.drives.len(), 1);
+    assert_eq!(spec.drives[0].drive, 'S');
+    let (status, _, stderr) = run_with_stubs(&run_script(&j, "smb-pass").unwrap(), dir.path(), 0);
+    assert_eq!(status, 7, "stderr: {stderr}");
     let batch = std::fs::read_to_string(dir.path().join("map.cmd")).unwrap();
+    assert!(
+        batch.contains(
+            "net use S: \\\\192.168.0.2\\guestbox\\vol1 smb-pass /user:guestbox /persistent:no"
+        ),
+        "{batch}"
+    );
+
+    // The bootstrap maps the share root to G: (persistently) and mounts it in Cygwin.
+    let setup = windows::run::setup_script("smb-pass").unwrap();
+    let setup_dir = tempfile::tempdir().unwrap();
+    let (status, _, stderr) = run_with_stubs(&setup, setup_dir.path(), 0);
+    assert_eq!(status, 0, "stderr: {stderr}");
+    assert_eq!(
+        std::fs::read_to_string(setup_dir.path().join("mounts")).unwrap(),
+        "-f -o binary,noacl G:/ /run/guestbox/share\n"
+    );
+    let batch = std::fs::read_to_string(setup_dir.path().join("map.cmd")).unwrap();
     assert!(
         batch.contains(
             "net use G: \\\\192.168.0.2\\guestbox smb-pass /user:guestbox /persistent:yes"
@@ -1375,11 +1424,20 @@ fn run_script_rejects_what_windows_cannot_mount() {
     j.mounts[0].tag = "vol9".into();
     assert!(usage(&j).contains("vol9"));
     let mut j = job(dir.path());
-    j.mounts[0].guest_path = "C:\\src".into();
+    j.mounts[0].guest_path = "D:\\src".into();
+    assert!(usage(&j).contains("whole drive"));
+    let mut j = job(dir.path());
+    j.mounts[0].guest_path = "C:".into();
+    assert!(usage(&j).contains("Windows' own"));
+    let mut j = job(dir.path());
+    j.mounts[0].guest_path = "G:".into();
+    assert!(usage(&j).contains("controller's share"));
+    let mut j = job(dir.path());
+    j.mounts[0].guest_path = "src".into();
     assert!(usage(&j).contains("absolute Cygwin path"));
     let mut j = job(dir.path());
     j.mounts[0].guest_path = "/".into();
-    assert!(usage(&j).contains("other than /"));
+    assert!(usage(&j).contains("cannot be mounted at /"));
     let mut j = job(dir.path());
     j.mounts[1].guest_path = "/src dir".into();
     assert!(usage(&j).contains("used twice"));
@@ -1391,7 +1449,7 @@ fn run_script_rejects_what_windows_cannot_mount() {
     assert!(usage(&j).contains("no command"));
     let mut j = job(dir.path());
     j.workdir = Some("relative".into());
-    assert!(usage(&j).contains("working directory"));
+    assert!(usage(&j).contains("not absolute"));
 }
 
 #[test]

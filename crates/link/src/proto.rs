@@ -58,12 +58,39 @@ pub enum Request {
 pub struct Setup {
     /// OpenSSH private key the controller logs in to the guest with.
     pub client_key: String,
-    /// The guest's public host key (`ssh-ed25519 AAAA...`): nothing else is trusted.
+    /// The guest's public host key (`ssh-ed25519 AAAA...`): nothing else is trusted. Empty
+    /// when nobody knows it yet (a Windows guest made its own at install): then the first
+    /// key the guest shows on the private link is trusted, and returned in
+    /// [`Event::SetupDone`] to be recorded.
     pub guest_host_key: String,
     pub guest_user: String,
     pub smb_password: String,
-    /// Fed to `sh -s` in the guest on stdin, so no secret appears in any argument list.
+    /// Fed to [`Setup::guest_command`] in the guest on stdin, so no secret appears in any
+    /// argument list.
     pub guest_script: String,
+    /// The remote command that runs the script from its stdin (`sh -s`; `bash -s` for
+    /// Cygwin).
+    #[serde(default = "default_guest_command")]
+    pub guest_command: String,
+    /// Then open the guest's resident job server (a Linux guest's exec helper); without it
+    /// every job opens an SSH session of its own.
+    #[serde(default = "default_true")]
+    pub job_server: bool,
+    /// How long the guest's SSH port may take to open (a Windows guest boots for minutes).
+    #[serde(default = "default_ssh_wait")]
+    pub ssh_wait_secs: u64,
+}
+
+fn default_guest_command() -> String {
+    "sh -s".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_ssh_wait() -> u64 {
+    120
 }
 
 // Secrets stay out of logs and panics.
@@ -132,7 +159,11 @@ pub enum Event {
         version: String,
     },
     /// Setup finished: the SSH connection is up and the guest has the share mounted.
-    SetupDone,
+    /// `host_key` is the guest's host key the connection trusted (`ssh-ed25519 AAAA...`).
+    SetupDone {
+        #[serde(default)]
+        host_key: String,
+    },
     /// Volumes are mounted and the command was started in the guest.
     Started,
     /// The command ended. `code` is its exit status, or 128 + the signal that killed it.

@@ -248,7 +248,7 @@ fn spec(stub_dir: &Path) -> RunSpec {
             mount_point: "/xchg".into(),
         },
     ];
-    r.workdir = work.to_str().unwrap().to_owned();
+    r.workdir = Some(work.to_str().unwrap().to_owned());
     r.env = vec![("FOO".into(), "a b $c 'd'".into())];
     r.exit_code_file = Some(stub_dir.join("in-vm-exit").to_str().unwrap().to_owned());
     r
@@ -269,7 +269,13 @@ fn run_script_maps_mounts_runs_and_returns_the_exit_code() {
     let script = run_script(&r).unwrap();
     let (status, stdout, stderr) = run_with_stubs(&script, dir.path(), 0);
     assert_eq!(status, 7, "stderr: {stderr}");
-    assert_eq!(stdout, format!("{}|a b $c 'd'|{AWKWARD_ARG}\n", r.workdir));
+    assert_eq!(
+        stdout,
+        format!(
+            "{}|a b $c 'd'|{AWKWARD_ARG}\n",
+            r.workdir.as_deref().unwrap()
+        )
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("in-vm-exit")).unwrap(),
         "7\n"
@@ -330,13 +336,21 @@ fn run_script_fails_with_125_when_mapping_fails() {
 }
 
 #[test]
-fn run_script_without_shares_and_a_missing_workdir() {
+fn run_script_without_shares_makes_a_missing_workdir_and_fails_on_one_it_cannot_make() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = RunSpec::new(vec!["true".into()]);
-    r.workdir = dir.path().join("missing").to_str().unwrap().to_owned();
+    // Made if missing, as Docker does.
+    let missing = dir.path().join("missing");
+    r.workdir = Some(missing.to_str().unwrap().to_owned());
     let script = run_script(&r).unwrap();
     assert!(!script.contains("net use"));
     let (status, _, stderr) = run_with_stubs(&script, dir.path(), 0);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(missing.is_dir());
+    // Below a plain file it cannot be made: the setup failed, the command did not run.
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    r.workdir = Some(dir.path().join("file/sub").to_str().unwrap().to_owned());
+    let (status, _, stderr) = run_with_stubs(&run_script(&r).unwrap(), dir.path(), 0);
     assert_eq!(status, SETUP_FAILED_EXIT);
     assert!(stderr.contains("cannot enter"), "{stderr}");
 }
@@ -351,7 +365,7 @@ fn run_script_validates_its_input() {
         run_script(&r).unwrap_err().to_string()
     };
     assert!(bad(&|r| r.argv.clear()).contains("argv"));
-    assert!(bad(&|r| r.workdir = "relative".into()).contains("workdir"));
+    assert!(bad(&|r| r.workdir = Some("relative".into())).contains("workdir"));
     assert!(bad(&|r| r.shares[1].drive = 'C').contains("drive"));
     assert!(bad(&|r| r.shares[1].drive = 'S').contains("twice"));
     assert!(bad(&|r| r.shares[0].share = "a b".into()).contains("share"));

@@ -55,8 +55,7 @@ fn windows_uefi_tpm_refuses_to_boot_without_its_tpm() {
     let _vm = vm_lock();
     let mut guest = Guest::from_installed(flavour, &inst, &iso.path);
     // The same machine with the TPM unplugged.
-    guest.stages[1].extras.tpm = None;
-    guest.stages[1].swtpm = None;
+    guest.stages[1].spec.platform.tpm = None;
     let mut run = guest.start(1);
     run.wait_console(standin::BOOT_FAILED, Duration::from_secs(300));
     let (status, _) = run.wait_exit(Duration::from_secs(60));

@@ -72,6 +72,27 @@ impl Ids {
     }
 }
 
+/// The account name of `uid` in the password database, if it has one.
+pub fn name_of_uid(uid: u32) -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwuid_r writes only into `pwd` and
+    // `buf` (whose length it is told) and sets `out` to `&pwd` or null; the name is read
+    // from `buf` while it lives.
+    unsafe {
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out);
+        if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
 /// The login name of this process's real user, for messages (`$USER` may be anything).
 pub fn current_user_name() -> String {
     // SAFETY: getpwuid returns a pointer into static storage or null; it is read at once.

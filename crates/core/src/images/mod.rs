@@ -161,6 +161,34 @@ pub struct Images {
     pub controller: rootfs::Rootfs,
 }
 
+/// What the controller boots, the same for every guest: the kernel, its initramfs, its
+/// root disk.
+#[derive(Debug, Clone)]
+pub struct ControllerImages {
+    pub kernel: kernel::Kernel,
+    pub initrd: std::path::PathBuf,
+    pub rootfs: rootfs::Rootfs,
+}
+
+/// Builds (or finds in the cache) what the controller boots (a guest that is not built
+/// from Debian packages needs nothing else from here).
+pub async fn ensure_controller(
+    dirs: &Dirs,
+    source: &DebianSource,
+    progress: &Progress,
+) -> Result<ControllerImages> {
+    let cache = cache::ArtifactCache::new(dirs.images());
+    let pinned = debian::pin_index(&cache, source, progress).await?;
+    let kernel = kernel::ensure(&cache, &pinned, progress).await?;
+    let initrd = initramfs::ensure(&cache, &kernel, initramfs::Role::Controller).await?;
+    let rootfs = rootfs::ensure_controller(&cache, &pinned, progress).await?;
+    Ok(ControllerImages {
+        kernel,
+        initrd,
+        rootfs,
+    })
+}
+
 /// Builds (or finds in the cache) the kernel, both initramfs images and both root disks.
 pub async fn ensure(
     dirs: &Dirs,

@@ -200,10 +200,12 @@ async fn probe(
         rtc: Rtc::default(),
         generation_id: None,
         incoming: false,
+        platform: Default::default(),
         inherit: Some(short.clone()),
+        cwd: None,
         confinement,
     };
-    let mut vm = Vm::start(qemu, spec)?;
+    let mut vm = Vm::start(qemu, spec).await?;
     let result = vm.wait_for_console(markers::PROBE_OK, PROBE_TIMEOUT).await;
     vm.process.kill().await;
     result

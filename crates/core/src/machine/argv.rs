@@ -92,10 +92,12 @@ impl VmSpec {
         }
         // Each IDE-family drive gets an explicit bus: without one, QEMU puts every device
         // on the controller's last bus and refuses the second ("supports only 1 units").
-        // q35's built-in AHCI has one unit on each of ide.0..ide.5; i440FX's IDE has two
-        // buses of two units; an AHCI disk on i440FX needs its own controller.
+        // q35's built-in AHCI has one unit on each of ide.0..ide.5, taken in order by disks
+        // and CD-ROMs; i440FX's IDE has two buses of two units: disks on the primary,
+        // CD-ROMs on the secondary. An AHCI disk on i440FX needs its own controller.
+        // Floppies: i440FX has a controller (`if=floppy`); q35 gets an ISA one.
         let q35 = self.machine.contains("q35");
-        let (mut ide_n, mut ahci_n) = (0u32, 0u32);
+        let (mut ide_n, mut ahci_n, mut cd_n, mut fd_n) = (0u32, 0u32, 0u32, 0u32);
         let mut ide_bus = |q35: bool| {
             let bus = if q35 {
                 format!("bus=ide.{ide_n}")
@@ -107,7 +109,7 @@ impl VmSpec {
         };
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
-            let file = match opened.iter().find(|o| o.drive == i) {
+            let file = match opened.iter().find(|o| o.drive == DriveSlot::Drive(i)) {
                 Some(o) => {
                     // Set numbers start at 1 (0 is allowed, but reads like "none").
                     let set = i + 1;
@@ -124,17 +126,42 @@ impl VmSpec {
             };
             let ro = if d.readonly { ",read-only=on" } else { "" };
             match d.interface {
+                DriveInterface::Floppy if q35 => {
+                    let id = format!("fdd{fd_n}");
+                    push(
+                        "-drive",
+                        format!("file={},if=none,id={id},format={fmt}{ro}", value(&d.path)?),
+                    );
+                    if fd_n == 0 {
+                        push("-device", "isa-fdc,id=fdc0".to_string());
+                    }
+                    push(
+                        "-device",
+                        format!("floppy,bus=fdc0.0,unit={fd_n},drive={id}"),
+                    );
+                    fd_n += 1;
+                    continue;
+                }
                 DriveInterface::Floppy => {
                     push("-drive", format!("file={file},if=floppy,format={fmt}{ro}"));
                     continue;
                 }
                 DriveInterface::CdRom => {
+                    let id = format!("cd{cd_n}");
                     push(
                         "-drive",
                         format!(
                             "file={file},if=none,id={id},format={fmt},media=cdrom,read-only=on"
                         ),
                     );
+                    let bus = if q35 {
+                        ide_bus(true)
+                    } else {
+                        format!("bus=ide.1,unit={cd_n}")
+                    };
+                    push("-device", format!("ide-cd,drive={id},{bus}"));
+                    cd_n += 1;
+                    continue;
                 }
                 // A full host disk is reported to the guest as an I/O error (and to
                 // guestbox as a BLOCK_IO_ERROR event) instead of QEMU's default of pausing
@@ -157,9 +184,8 @@ impl VmSpec {
                     format!("ide-hd,drive={id},bus=ahci.{}", ahci_n - 1)
                 }
                 DriveInterface::Ide => format!("ide-hd,drive={id},{}", ide_bus(q35)),
-                DriveInterface::CdRom => format!("ide-cd,drive={id},{}", ide_bus(q35)),
-                DriveInterface::Floppy => {
-                    unreachable!("floppies are attached with if=floppy above")
+                DriveInterface::CdRom | DriveInterface::Floppy => {
+                    unreachable!("CD-ROMs and floppies are attached above")
                 }
             };
             push("-device", device);
@@ -248,6 +274,59 @@ impl VmSpec {
         if self.incoming {
             push("-incoming", "defer".to_string());
         }
+        let p = &self.platform;
+        if p.allow_reboot {
+            push("-action", "reboot=reset".into());
+        }
+        if let Some(fw) = &p.firmware {
+            push(
+                "-drive",
+                format!(
+                    "file={},if=pflash,unit=0,format=raw,readonly=on",
+                    value(&fw.code)?
+                ),
+            );
+            let vars = match opened.iter().find(|o| o.drive == DriveSlot::UefiVars) {
+                Some(o) => {
+                    // After the drives' sets (numbered from 1 by drive).
+                    let set = self.drives.len() + 1;
+                    for fd in [&o.read_write, &o.read_only] {
+                        push("-add-fd", format!("fd={},set={set}", fd.fd()));
+                    }
+                    format!("/dev/fdset/{set}")
+                }
+                None => value(&fw.vars)?,
+            };
+            push("-drive", format!("file={vars},if=pflash,unit=1,format=raw"));
+            if fw.secure_boot {
+                push(
+                    "-global",
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                );
+            }
+        }
+        for g in &p.globals {
+            push(
+                "-global",
+                format!(
+                    "driver={},property={},value={}",
+                    g.driver,
+                    g.property,
+                    g.value.replace(',', ",,")
+                ),
+            );
+        }
+        if p.vga {
+            push("-device", "VGA".into());
+        }
+        if let Some(t) = &p.tpm {
+            push(
+                "-chardev",
+                format!("socket,id=chrtpm,path={}", value(&t.socket)?),
+            );
+            push("-tpmdev", "emulator,id=tpm0,chardev=chrtpm".into());
+            push("-device", "tpm-tis,tpmdev=tpm0".into());
+        }
         a.extend(self.confinement.argv());
         Ok(a)
     }
@@ -292,7 +371,9 @@ mod tests {
             rtc: Rtc::default(),
             generation_id: None,
             incoming: false,
+            platform: Platform::default(),
             inherit: None,
+            cwd: None,
             confinement: Confinement::default(),
         }
     }
@@ -362,7 +443,7 @@ mod tests {
         // A disk by its descriptors: QEMU reopens it without a path.
         let (rw, ro) = std::os::unix::net::UnixDatagram::pair().unwrap();
         let opened = OpenedDrive {
-            drive: 0,
+            drive: DriveSlot::Drive(0),
             read_write: Descriptor::new(rw.into()),
             read_only: Descriptor::new(ro.into()),
         };
@@ -449,14 +530,93 @@ mod tests {
         assert!(devices.contains(&"virtserialport,bus=vser.0,chardev=port0,name=guestbox.ctl"));
         assert!(devices.contains(&"virtio-9p-pci,fsdev=fs0,mount_tag=vol0"));
         assert!(devices.contains(&"ide-hd,drive=drive0,bus=ide.0"));
-        assert!(devices.contains(&"ide-cd,drive=drive2,bus=ide.1"));
+        assert!(devices.contains(&"ide-cd,drive=cd0,bus=ide.1"));
+        // q35 has no floppy controller: an ISA one, with the floppy on its bus.
+        assert!(devices.contains(&"isa-fdc,id=fdc0"));
+        assert!(devices.contains(&"floppy,bus=fdc0.0,unit=0,drive=fdd0"));
         assert!(devices.contains(&"e1000e,netdev=net0,mac=52:54:00:00:00:01"));
         assert_eq!(
             after(&argv, "-fsdev"),
             ["local,id=fs0,path=/host/src,security_model=none,readonly=on"]
         );
         assert!(after(&argv, "-drive")
-            .contains(&"file=/w/floppy.img,if=floppy,format=raw,read-only=on"));
+            .contains(&"file=/w/floppy.img,if=none,id=fdd0,format=raw,read-only=on"));
         assert_eq!(after(&argv, "-boot"), ["order=dc"]);
+        assert!(after(&argv, "-action").is_empty());
+
+        // i440FX: its own floppy controller, the CD-ROMs on the secondary channel.
+        s.machine = "pc-i440fx-7.2".into();
+        s.drives[0].interface = DriveInterface::Ide;
+        s.drives.push(s.drives[2].clone());
+        let argv = s.argv().unwrap();
+        let devices = after(&argv, "-device");
+        assert!(devices.contains(&"ide-hd,drive=drive0,bus=ide.0,unit=0"));
+        assert!(devices.contains(&"ide-cd,drive=cd0,bus=ide.1,unit=0"));
+        assert!(devices.contains(&"ide-cd,drive=cd1,bus=ide.1,unit=1"));
+        assert!(!devices.iter().any(|d| d.contains("fdc")));
+        assert!(after(&argv, "-drive")
+            .contains(&"file=/w/floppy.img,if=floppy,format=raw,read-only=on"));
+    }
+
+    #[test]
+    fn the_platform_of_a_firmware_guest() {
+        let mut s = spec();
+        s.platform = Platform {
+            firmware: Some(Pflash {
+                code: "/fw/code.fd".into(),
+                vars: "/b/vars,1.fd".into(),
+                secure_boot: true,
+            }),
+            globals: vec![Global::new("ICH9-LPC", "disable_s3", "1")],
+            vga: true,
+            tpm: Some(Tpm {
+                state_dir: "/b/tpm".into(),
+                socket: "/r/swtpm.sock".into(),
+                log: "/r/swtpm.log".into(),
+            }),
+            allow_reboot: true,
+        };
+        let argv = s.argv().unwrap();
+        assert_eq!(after(&argv, "-action"), ["reboot=reset"]);
+        let drives = after(&argv, "-drive");
+        assert!(drives.contains(&"file=/fw/code.fd,if=pflash,unit=0,format=raw,readonly=on"));
+        assert!(drives.contains(&"file=/b/vars,,1.fd,if=pflash,unit=1,format=raw"));
+        assert_eq!(
+            after(&argv, "-global"),
+            [
+                "driver=cfi.pflash01,property=secure,value=on",
+                "driver=ICH9-LPC,property=disable_s3,value=1"
+            ]
+        );
+        let devices = after(&argv, "-device");
+        assert!(devices.contains(&"VGA"));
+        assert!(devices.contains(&"tpm-tis,tpmdev=tpm0"));
+        assert!(after(&argv, "-chardev").contains(&"socket,id=chrtpm,path=/r/swtpm.sock"));
+        assert_eq!(after(&argv, "-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);
+        // The variable store by its descriptors, in the set after the drives': QEMU
+        // reopens it on an incoming resume, when it may no longer be root.
+        let (rw, ro) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let vars = OpenedDrive {
+            drive: DriveSlot::UefiVars,
+            read_write: Descriptor::new(rw.into()),
+            read_only: Descriptor::new(ro.into()),
+        };
+        let (a, b) = (vars.read_write.fd(), vars.read_only.fd());
+        let set = s.drives.len() + 1;
+        let argv = s.argv_opened(&[vars]).unwrap();
+        assert_eq!(
+            after(&argv, "-add-fd"),
+            [format!("fd={a},set={set}"), format!("fd={b},set={set}")]
+        );
+        let drives = after(&argv, "-drive");
+        assert!(
+            drives.contains(&format!("file=/dev/fdset/{set},if=pflash,unit=1,format=raw").as_str())
+        );
+        assert!(!drives.iter().any(|d| d.contains("vars")));
+        // A kernel-booted VM has none of it.
+        let plain = spec().argv().unwrap();
+        assert!(!plain
+            .iter()
+            .any(|a| a == "-global" || a == "-action" || a == "VGA"));
     }
 }

@@ -2,7 +2,8 @@
 //! ([`argv`]), the running process and its QMP connection ([`vm`]), snapshots ([`snapshot`]),
 //! copy-on-write disks ([`overlay`]), and the host facts a snapshot depends on: the QEMU
 //! release and machine types ([`qemu`]), and whether KVM really works ([`accel`]); how
-//! every QEMU is confined ([`confine`]: seccomp, and no root).
+//! every QEMU is confined ([`confine`]: seccomp, and no root); the swtpm a TPM needs next
+//! to QEMU ([`tpm`]).
 
 pub mod accel;
 pub mod argv;
@@ -11,6 +12,7 @@ pub mod overlay;
 pub mod qemu;
 pub mod snapshot;
 pub mod spec;
+pub mod tpm;
 pub mod vm;
 
 pub use spec::{Accel, VmSpec};

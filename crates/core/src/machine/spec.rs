@@ -64,12 +64,75 @@ pub struct VmSpec {
     pub generation_id: Option<GenerationId>,
     /// Start paused, waiting for `migrate-incoming` (revive from a snapshot).
     pub incoming: bool,
+    /// Firmware, chipset defaults, display, TPM: what a firmware-booted guest (Windows)
+    /// has beyond the machine above. Empty for kernel-booted VMs.
+    #[serde(default)]
+    pub platform: Platform,
     /// A directory QEMU inherits, so that paths through [`ShortDir::join`] work in it.
     #[serde(skip)]
     pub inherit: Option<ShortDir>,
+    /// The directory QEMU (and its swtpm) start in: relative paths of the spec are
+    /// relative to it (`bootstrap --emit` directories). None: guestbox's own.
+    #[serde(skip)]
+    pub cwd: Option<PathBuf>,
     /// Its seccomp sandbox and the user it becomes ([`super::confine`]).
     #[serde(default)]
     pub confinement: Confinement,
+}
+
+/// What a firmware-booted machine has beyond the basic one: UEFI in flash, `-global`
+/// defaults of device classes, a display adapter, a TPM, and whether a guest reboot resets
+/// the machine instead of ending QEMU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// UEFI firmware (OVMF) in two flash chips; None: the machine's BIOS (SeaBIOS).
+    pub firmware: Option<Pflash>,
+    pub globals: Vec<Global>,
+    /// A standard VGA card (with `-display none`: for boot loaders that want one, and for
+    /// `screendump`).
+    pub vga: bool,
+    /// A TPM 2.0 (TIS) backed by the swtpm that [`super::tpm`] starts next to QEMU.
+    pub tpm: Option<Tpm>,
+    /// A guest reboot resets the machine (`-action reboot=reset`, which overrides
+    /// `-no-reboot`): Windows Setup reboots several times.
+    pub allow_reboot: bool,
+}
+
+/// UEFI firmware in two flash chips: the shared code, read-only, and the guest's own
+/// variable store, which the guest writes (boot entries, Secure Boot state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pflash {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+    /// Secure Boot build: only SMM may write the flash (the machine needs `smm=on`).
+    pub secure_boot: bool,
+}
+
+/// The `-global` default of one property of a device class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Global {
+    pub driver: String,
+    pub property: String,
+    pub value: String,
+}
+
+impl Global {
+    pub fn new(driver: &str, property: &str, value: &str) -> Self {
+        Global {
+            driver: driver.into(),
+            property: property.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// An emulated TPM 2.0: swtpm keeps its state in `state_dir` and serves QEMU on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tpm {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// swtpm's log.
+    pub log: PathBuf,
 }
 
 impl VmSpec {
@@ -93,10 +156,19 @@ impl VmSpec {
 /// Both access modes are in the set: an incoming VM opens its disk read-only first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenedDrive {
-    /// Index into [`VmSpec::drives`].
-    pub drive: usize,
+    pub drive: DriveSlot,
     pub read_write: Descriptor,
     pub read_only: Descriptor,
+}
+
+/// Which block device of a spec an [`OpenedDrive`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveSlot {
+    /// Index into [`VmSpec::drives`].
+    Drive(usize),
+    /// The UEFI variable store ([`Pflash::vars`]): a block device QEMU reopens on an
+    /// incoming resume like a disk.
+    UefiVars,
 }
 
 /// A descriptor handed to QEMU at its number (kept open while any spec names it).
@@ -177,7 +249,11 @@ pub enum DriveInterface {
     /// SATA disk on the q35 AHCI controller (Windows has no inbox virtio driver).
     Ahci,
     Ide,
+    /// A floppy: on the i440FX's own controller, or on an ISA controller of its own (q35
+    /// has none).
     Floppy,
+    /// A read-only CD-ROM: on the next free AHCI port (q35), on the PIIX secondary channel
+    /// (i440FX: the disks have the primary one).
     CdRom,
 }
 

@@ -17,18 +17,27 @@ use crate::{Error, IoContext, Result};
 /// How long the controller may take to reach the guest and mount the share there.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Boots both VMs until their ready markers, concurrently. Both QMP connections are opened
-/// from the start, so that QEMU's events (a full host disk) are seen on every path.
+/// Boots both VMs until their ready markers, concurrently: the controller's, and the
+/// guest's `guest_ready` if it prints one (a guest without one, like Windows, is ready when
+/// its SSH port answers, which [`setup`] waits for). Both QMP connections are opened from
+/// the start, so that QEMU's events (a full host disk) are seen on every path.
 pub async fn start(
     qemu: &Path,
     guest: VmSpec,
     controller: VmSpec,
+    guest_ready: Option<&str>,
     timeout: Duration,
 ) -> Result<(Vm, Vm)> {
-    let mut g = Vm::start(qemu, guest)?;
-    let mut c = Vm::start(qemu, controller)?;
+    let (g, c) = tokio::join!(Vm::start(qemu, guest), Vm::start(qemu, controller));
+    let (mut g, mut c) = (g?, c?);
+    let guest_marker = async {
+        match guest_ready {
+            Some(marker) => g.wait_for_console(marker, timeout).await,
+            None => Ok(()),
+        }
+    };
     let (rg, rc) = tokio::join!(
-        g.wait_for_console(markers::GUEST_READY, timeout),
+        guest_marker,
         c.wait_for_console(markers::CONTROLLER_READY, timeout)
     );
     rg?;
@@ -36,6 +45,17 @@ pub async fn start(
     g.qmp().await?;
     c.qmp().await?;
     Ok((g, c))
+}
+
+/// Waits until either VM's QEMU exits.
+pub async fn first_exit<'a>(
+    guest: &'a mut Vm,
+    controller: &'a mut Vm,
+) -> (&'a Vm, Result<std::process::ExitStatus>) {
+    tokio::select! {
+        s = guest.process.wait() => (&*guest, s),
+        s = controller.process.wait() => (&*controller, s),
+    }
 }
 
 /// Connects to the controller's agent.
@@ -51,17 +71,25 @@ pub async fn connect(sockets: &PairSockets) -> Result<Control> {
 /// What the controller needs at bootstrap to reach the guest and mount the share there.
 pub struct SetupRequest {
     pub client_key: String,
+    /// Empty: trust the key the guest shows first (see [`proto::Setup::guest_host_key`]).
     pub guest_host_key: String,
     pub guest_user: String,
     pub smb_password: String,
     /// The profile's script that mounts (Linux) or maps (Windows) the share in the guest.
     pub guest_script: String,
+    /// The remote command that runs the script from stdin.
+    pub guest_command: String,
+    /// Open the guest's resident job server afterwards.
+    pub job_server: bool,
+    /// How long the guest's SSH port may take to open.
+    pub ssh_wait: Duration,
 }
 
 /// Gives the controller its credentials and has it connect to the guest and run the
-/// profile's bootstrap script there.
-pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<()> {
+/// profile's bootstrap script there. Returns the guest's host key the connection trusted.
+pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<String> {
     let mut channel = connect(sockets).await?;
+    let wait = request.ssh_wait;
     channel
         .send(&proto::Request::Setup(proto::Setup {
             client_key: request.client_key,
@@ -69,12 +97,16 @@ pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<()> {
             guest_user: request.guest_user,
             smb_password: request.smb_password,
             guest_script: request.guest_script,
+            guest_command: request.guest_command,
+            job_server: request.job_server,
+            ssh_wait_secs: wait.as_secs().max(1),
         }))
         .await?;
     let console = sockets.console("controller");
     let tail = || tail_of_file(&console, 15);
-    match tokio::time::timeout(SETUP_TIMEOUT, channel.next_event()).await {
-        Ok(Ok(proto::Event::SetupDone)) => Ok(()),
+    let limit = SETUP_TIMEOUT + wait;
+    match tokio::time::timeout(limit, channel.next_event()).await {
+        Ok(Ok(proto::Event::SetupDone { host_key })) => Ok(host_key),
         Ok(Ok(proto::Event::Error { message })) => Err(Error::Controller {
             message,
             console: console.clone(),
@@ -88,7 +120,7 @@ pub async fn setup(sockets: &PairSockets, request: SetupRequest) -> Result<()> {
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::ControllerTimeout {
             what: "connecting to the guest (SSH) and mounting the share there",
-            seconds: SETUP_TIMEOUT.as_secs(),
+            seconds: limit.as_secs(),
             console: console.clone(),
             tail: tail(),
         }),
@@ -188,8 +220,8 @@ pub async fn revive(
     guest_state: &Path,
     controller_state: &Path,
 ) -> Result<(Vm, Vm)> {
-    let mut g = Vm::start(qemu, guest)?;
-    let mut c = Vm::start(qemu, controller)?;
+    let (g, c) = tokio::join!(Vm::start(qemu, guest), Vm::start(qemu, controller));
+    let (mut g, mut c) = (g?, c?);
     let (lg, lc) = tokio::join!(
         snapshot::load(&mut g, guest_state),
         snapshot::load(&mut c, controller_state)

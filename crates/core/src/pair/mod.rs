@@ -3,6 +3,7 @@
 //!
 //! - this module: what the pair is ([`PairConfig`] → each VM's [`VmSpec`]), and how its
 //!   memory is backed ([`RamMode`]: cold, bootstrap, revive);
+//! - [`guest`]: a guest with its own firmware-booted machine (Windows), as data;
 //! - [`rundir`]: the directory of one live pair: sockets, consoles, overlays, lock;
 //! - [`control`]: the host's end of the agent's control channel;
 //! - [`lifecycle`]: boot both to ready, set the controller up, freeze both, revive both.
@@ -10,6 +11,7 @@
 //! Bootstrap and run both use the pair; neither uses the other.
 
 pub mod control;
+pub mod guest;
 pub mod lifecycle;
 pub mod rundir;
 
@@ -22,10 +24,16 @@ use crate::machine::spec::{
     Accel, Boot, Confinement, DiskFormat, Drive, DriveInterface, GenerationId, Memory, Nic,
     NicModel, Rtc, SerialPort, Share9p, VmSpec,
 };
+pub use guest::{FirmwareGuest, GuestFiles};
 pub use rundir::{End, PairSockets, RunDir, CONTROL_SOCKET};
 
 /// How the pair is built: everything that must be identical between a snapshot and its
 /// revive. Recorded in the base manifest.
+///
+/// `machine`, `cpu`, the kernel command lines and `rtc_base` describe the controller and
+/// the Debian guest, which boot the base's kernel; a guest that boots its own disk
+/// through firmware (Windows) is described by `guest` instead. Memory and CPUs are the
+/// guest's, whatever its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairConfig {
     pub accel: Accel,
@@ -39,6 +47,9 @@ pub struct PairConfig {
     pub controller_append: String,
     /// The guest's clock starts here at every cold boot (`-rtc base=`), as in the original.
     pub rtc_base: String,
+    /// A firmware-booted guest's own machine; None: the Debian guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<FirmwareGuest>,
 }
 
 /// The VM Generation ID a base's pair is frozen with: derived from the base's id, so a
@@ -73,6 +84,9 @@ pub struct PairFiles {
     pub controller_initrd: PathBuf,
     pub guest_disk: PathBuf,
     pub controller_disk: PathBuf,
+    /// A firmware guest's UEFI variable store and TPM state directory (unused otherwise).
+    pub guest_vars: PathBuf,
+    pub guest_tpm: PathBuf,
 }
 
 /// How guest RAM is backed.
@@ -129,6 +143,22 @@ impl RamMode {
     }
 }
 
+impl PairConfig {
+    /// Whether the guest gets a VM Generation ID (every guest but XP).
+    pub fn guest_has_generation_id(&self) -> bool {
+        self.guest.as_ref().is_none_or(|g| g.generation_id)
+    }
+
+    /// The machine types the pair needs of the host's QEMU.
+    pub fn machine_types(&self) -> Vec<&str> {
+        let mut m = vec![self.machine.as_str()];
+        if let Some(g) = &self.guest {
+            m.push(g.machine_type());
+        }
+        m
+    }
+}
+
 /// A host directory given to the controller over 9p under `tag`.
 #[derive(Debug, Clone)]
 pub struct ControllerShare {
@@ -140,6 +170,22 @@ pub struct ControllerShare {
 impl PairConfig {
     pub fn guest_spec(&self, files: &PairFiles, ram: &RamMode, sockets: &PairSockets) -> VmSpec {
         let (memory, incoming) = ram.backing(Vm::Guest);
+        if let Some(g) = &self.guest {
+            return g.spec(
+                self.accel,
+                self.guest_memory_mib,
+                self.guest_cpus,
+                &GuestFiles {
+                    disk: files.guest_disk.clone(),
+                    vars: files.guest_vars.clone(),
+                    tpm_state: files.guest_tpm.clone(),
+                },
+                memory,
+                incoming,
+                sockets,
+                "guest",
+            );
+        }
         VmSpec {
             name: "guest".into(),
             accel: self.accel,
@@ -174,7 +220,9 @@ impl PairConfig {
             },
             generation_id: None,
             incoming,
+            platform: Default::default(),
             inherit: sockets.inherit(),
+            cwd: None,
             // The full sandbox; as root, bootstrap and run say whom QEMU becomes.
             confinement: Confinement::default(),
         }
@@ -234,7 +282,9 @@ impl PairConfig {
             },
             generation_id: None,
             incoming,
+            platform: Default::default(),
             inherit: sockets.inherit(),
+            cwd: None,
             // The full sandbox; as root, bootstrap and run say whom QEMU becomes.
             confinement: Confinement::default(),
         }

@@ -57,6 +57,16 @@ mount -t cifs //{server}/{share} {root} -o credentials=/run/guestbox/smb.cred,{o
     )
 }
 
+/// A guest path (`-v`'s or `-w`'s): absolute, as the exec helper binds and enters it.
+pub fn check_path(option: &str, path: &str) -> Result<()> {
+    if !path.starts_with('/') {
+        return Err(crate::Error::Usage(format!(
+            "{option} {path:?}: the Debian guest needs an absolute path (like /src)"
+        )));
+    }
+    Ok(())
+}
+
 /// The remote command line for one job: the job itself, for the guest's exec helper
 /// (root's login shell, see `link::job`), which binds each share at its path, reseeds the
 /// kernel's generator, sets the clock, and runs the command in its working directory.

@@ -28,7 +28,7 @@ pub use volumes::{check_volumes, CheckedVolume, Volume};
 
 use crate::host::{fs::random_hex, programs};
 use crate::machine::confine::{self, Confinement, Policy};
-use crate::machine::{overlay, qemu, Vm};
+use crate::machine::{overlay, qemu, tpm, Vm};
 use crate::pair::lifecycle::{self, SetupRequest};
 use crate::pair::{generation, ControllerShare, PairFiles, PairSockets, RamMode, RunDir};
 use crate::profile::{GuestJob, GuestMount, Profile};
@@ -112,6 +112,8 @@ pub struct Outcome {
 /// Dropping it kills both VMs and removes its run directory.
 pub struct Session {
     profile: Profile,
+    /// The base's SMB password, for a run that maps a drive (Windows); empty otherwise.
+    smb_password: String,
     runs: PathBuf,
     guest: Vm,
     controller: Vm,
@@ -142,6 +144,9 @@ impl Session {
                     ),
                 }
             })?;
+        for v in &volumes {
+            profile.check_volume_path(&v.volume.guest)?;
+        }
         programs::require(programs::VM)?;
         let qemu = programs::path_of(programs::QEMU)?;
         if opts.cold {
@@ -214,6 +219,10 @@ impl Session {
                 readonly: v.volume.readonly,
             });
         }
+        let smb_password = match profile.windows() {
+            Some(_) => base.secrets()?.smb_password,
+            None => String::new(),
+        };
         let (guest, controller, sockets) = launch(
             &qemu,
             store,
@@ -227,6 +236,7 @@ impl Session {
         .await?;
         Ok(Session {
             profile,
+            smb_password,
             runs,
             guest,
             controller,
@@ -250,11 +260,7 @@ impl Session {
             ));
         }
         if let Some(dir) = &command.workdir {
-            if !dir.starts_with('/') {
-                return Err(Error::Usage(format!(
-                    "-w {dir:?}: the working directory must be an absolute path"
-                )));
-            }
+            self.profile.check_workdir(dir)?;
         }
         if self.spent {
             return Err(Error::Usage(
@@ -292,7 +298,7 @@ impl Session {
         let request = proto::Run {
             time,
             mounts,
-            script: self.profile.run_script(&job)?,
+            script: self.profile.run_script(&job, &self.smb_password)?,
             stdin: streams.stdin.is_some(),
             tty: command.tty.clone().map(|t| proto::Tty {
                 term: t.term,
@@ -312,7 +318,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = drive => r,
-                (vm, status) = first_exit(guest, controller) => Err(vm_died(vm, status)),
+                (vm, status) = lifecycle::first_exit(guest, controller) => Err(vm_died(vm, status)),
             }
         };
         let result = match command.timeout {
@@ -369,8 +375,8 @@ impl Session {
     /// Kills both VMs (their state dies with the overlays: no shutdown needed) and removes
     /// the run directory.
     pub async fn discard(mut self) {
-        self.guest.process.kill().await;
-        self.controller.process.kill().await;
+        self.guest.kill().await;
+        self.controller.kill().await;
     }
 }
 
@@ -414,7 +420,24 @@ async fn launch(
         controller_initrd: base.file(files::CONTROLLER_INITRD),
         guest_disk: run_dir.path().join("guest.qcow2"),
         controller_disk: run_dir.path().join("controller.qcow2"),
+        guest_vars: run_dir.path().join(files::GUEST_VARS),
+        guest_tpm: run_dir.path().join(files::GUEST_TPM),
     };
+    // What a firmware guest writes besides its disk is the run's own copy: QEMU writes the
+    // UEFI variables back once the state is loaded, and swtpm its state when it ends.
+    if let Some(g) = &base.manifest.pair.guest {
+        if g.uefi.is_some() {
+            let vars = &overlays.guest_vars;
+            fs::copy(base.file(files::GUEST_VARS), vars)
+                .ctx(|| format!("copying the UEFI variables to {}", vars.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(vars, fs::Permissions::from_mode(0o600))
+                .ctx(|| format!("setting the mode of {}", vars.display()))?;
+        }
+        if g.tpm {
+            tpm::copy_state(&base.file(files::GUEST_TPM), &overlays.guest_tpm)?;
+        }
+    }
     let (guest_disk, controller_disk) = (
         base.file(files::GUEST_DISK),
         base.file(files::CONTROLLER_DISK),
@@ -432,15 +455,25 @@ async fn launch(
         let mut controller = pair.controller_spec(&overlays, &RamMode::Anonymous, sockets, devices);
         guest.confinement = confinement.0;
         controller.confinement = confinement.1;
-        let (g, c) = lifecycle::start(qemu, guest, controller, opts.boot_timeout).await?;
+        let (g, c) = lifecycle::start(
+            qemu,
+            guest,
+            controller,
+            profile.guest_ready_marker(),
+            opts.boot_timeout,
+        )
+        .await?;
         let secrets = base.secrets()?;
         lifecycle::setup(
             sockets,
             SetupRequest {
                 client_key: secrets.client_key,
                 guest_host_key: base.manifest.guest_host_key.clone(),
-                guest_user: profile.guest_user().into(),
-                guest_script: profile.guest_setup_script(&secrets.smb_password),
+                guest_user: profile.guest_user(),
+                guest_script: profile.guest_setup_script(&secrets.smb_password)?,
+                guest_command: profile.guest_setup_command().into(),
+                job_server: profile.job_server(),
+                ssh_wait: opts.boot_timeout,
                 smb_password: secrets.smb_password,
             },
         )
@@ -457,10 +490,12 @@ async fn launch(
         guest.confinement = confinement.0;
         controller.confinement = confinement.1;
         // The guest's device is the snapshot's; a fresh generation makes its kernel reseed.
-        guest.generation_id = Some(generation(
-            &base.manifest.id,
-            !opts.replay_snapshot_randomness,
-        ));
+        if pair.guest_has_generation_id() {
+            guest.generation_id = Some(generation(
+                &base.manifest.id,
+                !opts.replay_snapshot_randomness,
+            ));
+        }
         let (g, c) = lifecycle::revive(
             qemu,
             guest,
@@ -473,18 +508,8 @@ async fn launch(
     }
 }
 
-/// Waits until either VM's QEMU exits.
-async fn first_exit<'a>(
-    guest: &'a mut Vm,
-    controller: &'a mut Vm,
-) -> (&'a Vm, Result<std::process::ExitStatus>) {
-    tokio::select! {
-        s = guest.process.wait() => (&*guest, s),
-        s = controller.process.wait() => (&*controller, s),
-    }
-}
-
-fn vm_died(vm: &Vm, status: Result<std::process::ExitStatus>) -> Error {
+/// The error for a VM whose QEMU exited while it was needed.
+pub(crate) fn vm_died(vm: &Vm, status: Result<std::process::ExitStatus>) -> Error {
     // A panic's own line scrolls away under its backtrace: put it first.
     let mut tail = fs::read_to_string(&vm.spec.console_log)
         .unwrap_or_default()

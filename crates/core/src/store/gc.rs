@@ -1,5 +1,6 @@
 //! Garbage collection: half-made bases and images (left by a guestbox that was killed),
-//! stale images, run directories whose run is gone, and lock files nobody holds.
+//! stale images, run directories whose run is gone, lock files nobody holds, and the
+//! console logs and screenshots failed stages kept.
 
 use std::fs;
 use std::path::Path;
@@ -150,6 +151,17 @@ pub fn collect(dirs: &Dirs) -> Result<Report> {
     for e in fs::read_dir(&store.runs).into_iter().flatten().flatten() {
         let path = e.path();
         if path.is_dir() && abandoned(&path) {
+            take(&path, &mut report);
+        }
+    }
+    // What failed stages kept for the user: they have read it, or will not.
+    for e in fs::read_dir(&store.failures)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        if path.is_dir() {
             take(&path, &mut report);
         }
     }

@@ -29,6 +29,21 @@ pub fn transported_files() -> Vec<&'static str> {
     all
 }
 
+/// Refuses a base whose files are not [`transported_files`]: a firmware-booted (Windows)
+/// guest's base has no guest kernel image but a UEFI variable store and a TPM state
+/// directory, which push and pull do not carry yet.
+pub fn check_transportable(manifest: &Manifest) -> Result<()> {
+    if manifest.pair.guest.is_some() {
+        return Err(Error::Usage(format!(
+            "base {} is a {} base: push and pull do not carry a Windows guest's UEFI \
+             variables and TPM state yet; bootstrap it on each host instead",
+            manifest.id.get(..12).unwrap_or(&manifest.id),
+            manifest.profile
+        )));
+    }
+    Ok(())
+}
+
 /// What push and pull keep between attempts: `registry/push` (the registry client's state:
 /// upload sessions to resume, part digests, which repositories hold which blobs) and
 /// `registry/pull/<manifest digest>` (blobs downloaded so far).
@@ -285,13 +300,21 @@ pub fn ram_mode(store: &Store, qemu_version: qemu::Version) -> Option<u32> {
 }
 
 /// Makes every base file read-only (but the RAM files where QEMU needs to open them RW);
-/// the secrets owner-only.
+/// the secrets owner-only; a directory's files too (its RAM mode aside).
 pub fn seal(dir: &Path, ram_mode: Option<u32>) -> Result<()> {
     for e in fs::read_dir(dir)
         .ctx(|| format!("reading {}", dir.display()))?
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            // A Windows guest's TPM state: read-only files in a directory that cannot
+            // change.
+            seal(&e.path(), None)?;
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o555))
+                .ctx(|| format!("sealing {name}"))?;
+            continue;
+        }
         let mode = if name == SECRETS {
             0o400
         } else if name == files::GUEST_RAM || name == files::CONTROLLER_RAM {

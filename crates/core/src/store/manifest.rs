@@ -15,8 +15,9 @@ pub const SECRETS: &str = "secrets.json";
 /// 3: manifests are sealed. 4: the guest carries a VM Generation ID device, and its login
 /// shell is guestbox's exec helper. 5: the guest's job server is frozen with it, and the
 /// pair settles before the freeze. 6: the guest's generator is reseeded last before the
-/// freeze (replayed revives draw the same numbers).
-pub const BASE_FORMAT: u32 = 6;
+/// freeze (replayed revives draw the same numbers). 7: firmware-booted guests (Windows):
+/// the guest's machine in `pair.guest`, and a base's files are those its manifest lists.
+pub const BASE_FORMAT: u32 = 7;
 
 /// Everything needed to revive a base exactly, and to tell whether this host can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,11 +82,14 @@ pub struct FileSum {
     pub blake3: String,
 }
 
-/// Secrets of a base, kept apart from the manifest (which `inspect` prints) in a 0600 file.
+/// Secrets of a base, kept apart from the manifest (which `inspect` prints) in a 0400 file.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Secrets {
     pub client_key: String,
     pub smb_password: String,
+    /// A Windows guest's administrator password (the answer file's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -105,6 +109,21 @@ pub mod files {
     pub const KERNEL: &str = "vmlinuz";
     pub const GUEST_INITRD: &str = "guest.initrd";
     pub const CONTROLLER_INITRD: &str = "controller.initrd";
+    /// A firmware guest's UEFI variable store, and its TPM's state directory.
+    pub const GUEST_VARS: &str = "OVMF_VARS.fd";
+    pub const GUEST_TPM: &str = "tpm";
+    /// What every base of a firmware-booted guest has (it boots no kernel of the base).
+    pub const FIRMWARE_GUEST: &[&str] = &[
+        GUEST_DISK,
+        CONTROLLER_DISK,
+        GUEST_RAM,
+        CONTROLLER_RAM,
+        GUEST_STATE,
+        CONTROLLER_STATE,
+        KERNEL,
+        CONTROLLER_INITRD,
+    ];
+    /// What every base of the Debian guest has.
     pub const ALL: &[&str] = &[
         GUEST_DISK,
         CONTROLLER_DISK,
@@ -116,4 +135,34 @@ pub mod files {
         GUEST_INITRD,
         CONTROLLER_INITRD,
     ];
+}
+
+impl Manifest {
+    /// The files this base must have: the pair's, its guest's UEFI variables if it has
+    /// UEFI, and its TPM state (as many files as swtpm left, under [`files::GUEST_TPM`]).
+    pub fn required_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.pair.guest {
+            None => files::ALL.iter().map(|s| s.to_string()).collect(),
+            Some(g) => {
+                let mut n: Vec<String> = files::FIRMWARE_GUEST
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                if g.uefi.is_some() {
+                    n.push(files::GUEST_VARS.into());
+                }
+                n
+            }
+        };
+        if self.pair.guest.as_ref().is_some_and(|g| g.tpm) {
+            let prefix = format!("{}/", files::GUEST_TPM);
+            names.extend(
+                self.files
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned(),
+            );
+        }
+        names
+    }
 }

@@ -1,6 +1,7 @@
 //! The base store: immutable, content-addressed bases under `<data>/bases/<id>`, human
-//! aliases under `<data>/bases/names/<name>` (symlinks), and run directories under
-//! `<data>/runs`.
+//! aliases under `<data>/bases/names/<name>` (symlinks), run directories under
+//! `<data>/runs`, and what failed Windows stages leave for the user (console, screenshot)
+//! under `<data>/failures` until `gc`.
 //!
 //! A base is built in `bases/.tmp-*` and renamed into place only when complete. Runs hold
 //! a shared lock on the base's manifest for their whole life; `rm` takes the exclusive lock
@@ -26,6 +27,8 @@ pub use verify::{agent_id, checksum, quick_check, verify};
 pub struct Store {
     pub bases: PathBuf,
     pub runs: PathBuf,
+    /// One directory per failed stage, kept for the user until `gc`.
+    pub failures: PathBuf,
     /// Rebuildable facts (the host's QEMU, the KVM verdict).
     pub cache: PathBuf,
 }
@@ -113,8 +116,19 @@ impl Store {
         Self {
             bases: dirs.data.join("bases"),
             runs: dirs.data.join("runs"),
+            failures: dirs.data.join("failures"),
             cache: dirs.cache.clone(),
         }
+    }
+
+    /// A new name under [`Store::failures`] for what stage `stage` leaves (not created:
+    /// the stage makes it if it fails).
+    pub fn failure_dir(&self, stage: &str) -> Result<PathBuf> {
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "");
+        let tail = crate::host::fs::random_hex(3)?;
+        Ok(self.failures.join(format!("{stage}-{stamp}-{tail}")))
     }
 
     pub fn create(&self) -> Result<()> {

@@ -11,9 +11,19 @@ use crate::{Error, IoContext, Result};
 /// What `verify` found wrong with a base's files, one line each; empty when intact.
 pub fn verify(base: &Base) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for name in files::ALL {
+    let m = &base.manifest;
+    if m.pair.guest.as_ref().is_some_and(|g| g.tpm)
+        && !m.files.keys().any(|k| k.starts_with(files::GUEST_TPM))
+    {
+        problems.push(format!(
+            "{}: the TPM's state is not in the manifest",
+            files::GUEST_TPM
+        ));
+    }
+    for name in m.required_files() {
+        let name = name.as_str();
         let path = base.file(name);
-        let Some(expected) = base.manifest.files.get(*name) else {
+        let Some(expected) = base.manifest.files.get(name) else {
             problems.push(format!("{name}: not in the manifest"));
             continue;
         };
@@ -48,9 +58,9 @@ pub fn quick_check(base: &Base) -> Result<()> {
             short_id(&m.id)
         ),
     };
-    for name in files::ALL {
-        let path = base.file(name);
-        let Some(expected) = m.files.get(*name) else {
+    for name in m.required_files() {
+        let path = base.file(&name);
+        let Some(expected) = m.files.get(&name) else {
             return Err(damaged(&path, "not in the manifest".into()));
         };
         match std::fs::metadata(&path) {

@@ -185,11 +185,11 @@ impl Guest {
     pub fn start(&self, index: usize) -> Running {
         let stage = &self.stages[index];
         let _ = std::fs::remove_file(self.path().join(&stage.spec.console_log));
-        let swtpm = stage.swtpm.as_ref().map(|t| {
+        let swtpm = stage.spec.platform.tpm.as_ref().map(|t| {
             std::fs::create_dir_all(self.path().join(&t.state_dir)).unwrap();
             let _ = std::fs::remove_file(self.path().join(&t.socket));
             let child = Command::new("swtpm")
-                .args(t.argv().unwrap())
+                .args(guestbox::machine::tpm::argv(t, None).unwrap())
                 .current_dir(self.path())
                 .stdin(Stdio::null())
                 .spawn()
@@ -667,6 +667,15 @@ impl Drop for Smb {
 
 /// guestbox's per-run script (`guestbox::profile::windows::run_script`) for `argv` in /src, with
 /// volume slot 0 (the share root's subdirectory `vol0`) bound at /src.
+/// guestbox's bootstrap script for a Windows guest: the share root mapped with `net use`
+/// (persistently) and mounted in Cygwin, which every later run binds its volumes from.
+pub fn setup_script(smb_password: &str) -> String {
+    guestbox::profile::windows::run::setup_script(smb_password).unwrap()
+}
+
+/// What `net use` says on stdout when it mapped a drive (the setup script leaves it there).
+pub const NET_USE_OK: &str = "The command completed successfully.\r\n\r\n";
+
 pub fn run_script(argv: &[&str], smb_password: &str) -> String {
     let tags = link::shares::all_tags();
     let job = guestbox::profile::GuestJob {

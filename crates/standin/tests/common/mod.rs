@@ -57,19 +57,31 @@ pub fn iso() -> standin::StandinIso {
 }
 
 /// A key pair, made once: (private key path, public key line).
+///
+/// Tests run side by side, so the pair is made in a private directory and renamed into
+/// place; a test that loses the race uses the winner's pair (ssh-keygen on an existing
+/// path would stop at its "Overwrite (y/n)?" prompt).
 pub fn key(name: &str) -> (PathBuf, String) {
-    let path = cache_dir().join(format!("{name}-ed25519"));
+    let dir = cache_dir().join(format!("{name}-key"));
+    let path = dir.join("id_ed25519");
     if !path.exists() {
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!(".{name}-key-"))
+            .tempdir_in(cache_dir())
+            .unwrap();
         let out = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-            .arg(&path)
+            .arg(scratch.path().join("id_ed25519"))
             .output()
             .expect("ssh-keygen runs (apt-get install openssh-client)");
         assert!(out.status.success(), "{out:?}");
+        // rename(2) of a directory onto an existing non-empty one fails: the first wins.
+        let scratch = scratch.keep();
+        if std::fs::rename(&scratch, &dir).is_err() {
+            std::fs::remove_dir_all(&scratch).unwrap();
+        }
     }
-    let public = std::fs::read_to_string(path.with_extension("pub"))
-        .or_else(|_| std::fs::read_to_string(format!("{}.pub", path.display())))
-        .unwrap();
+    let public = std::fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
     (path, public.trim().to_string())
 }
 

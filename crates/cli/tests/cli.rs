@@ -607,6 +607,54 @@ fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
     assert_eq!(text(&o).0, "again\n", "{}", text(&o).1);
 }
 
+/// `killall -9 guestbox` (every process named guestbox at once, as a user or a CI
+/// runner's cleanup does), and SIGTERM first to everything whose command line names
+/// guestbox (`pkill -f`): the keepers of QEMUs that left root are not named guestbox and
+/// ignore SIGTERM, so no QEMU outlives them.
+#[test]
+fn killall_guestbox_leaves_no_qemu() {
+    let home = test_home();
+    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let mut child = guestbox()
+        .args(["run", "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (run_dir, _) = started_run(&home, child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ours = descendants(child.id() as i32);
+    ours.push(child.id() as i32);
+    let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let exe = env!("CARGO_BIN_EXE_guestbox");
+    for &p in &ours {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(exe) && p != child.id() as i32 {
+            // SAFETY: a signal to a process this test started (or its descendant).
+            unsafe { libc::kill(p, libc::SIGTERM) };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for &p in &ours {
+        if comm(p).trim() == "guestbox" {
+            // SAFETY: as above.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive(&ours).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<String> = alive(&ours)
+        .into_iter()
+        .map(|p| format!("{p} {}", comm(p).trim()))
+        .collect();
+    assert!(left.is_empty(), "outlived killall guestbox: {left:?}");
+    assert!(pids_matching(&run_dir).is_empty());
+}
+
 #[test]
 fn sigkill_during_bootstrap_registers_nothing_and_gc_cleans_up() {
     let home = test_home();

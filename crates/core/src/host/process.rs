@@ -40,8 +40,13 @@ pub fn supervise(cmd: &mut std::process::Command) {
 /// its own ids), dies with the program (its own PDEATHSIG, towards the program), and
 /// SIGKILLs the program when guestbox exits (a pidfd of guestbox becomes readable). The
 /// keeper closes every other descriptor, or it would hold other children's pipes and
-/// sockets open. Only async-signal-safe system calls.
+/// sockets open. It is named `gb-keeper` and ignores the signals that ask a process to
+/// stop, so that `killall guestbox`, `pkill -f guestbox` or a test harness killing its
+/// binary's processes stop guestbox and not the keepers that clean up after it (a fork
+/// is named as its parent: killed with it, its QEMU would outlive both). Only
+/// async-signal-safe system calls.
 fn keep_with_guestbox(guestbox: libc::pid_t) -> std::io::Result<()> {
+    const KEEPER_NAME: &[u8] = b"gb-keeper\0";
     // SAFETY: fork, prctl, getppid, syscall, poll, kill and _exit are async-signal-safe;
     // the keeper never returns into Rust code that could allocate.
     unsafe {
@@ -50,6 +55,10 @@ fn keep_with_guestbox(guestbox: libc::pid_t) -> std::io::Result<()> {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                libc::prctl(libc::PR_SET_NAME, KEEPER_NAME.as_ptr() as libc::c_ulong);
+                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
                 if libc::getppid() != program {
                     libc::_exit(0);
                 }

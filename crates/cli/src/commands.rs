@@ -141,6 +141,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 } else {
                     args.only.clone()
                 },
+                windows_bases: args.windows_base.clone(),
             };
             let rows = crate::bench::bench(&Dirs::from_env()?, &opts, &progress).await?;
             crate::bench::report(
@@ -312,13 +313,8 @@ async fn run(args: RunArgs, progress: &Progress) -> Result<i32> {
 }
 
 async fn shell(args: ShellArgs, progress: &Progress) -> Result<i32> {
-    let start = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
-    let (base, mut opts) = job(
-        &args.job,
-        vec!["sh".into(), "-c".into(), start.into()],
-        progress,
-    )
-    .await?;
+    let argv = run::LOGIN_SHELL.iter().map(|s| s.to_string()).collect();
+    let (base, mut opts) = job(&args.job, argv, progress).await?;
     let (rows, cols) = crate::terminal::size();
     opts.command.tty = Some(run::Terminal {
         term: std::env::var("TERM")

@@ -344,6 +344,7 @@ impl Job<'_> {
         if pair.guest_has_generation_id() {
             guest_spec.generation_id = Some(generation(id, false));
         }
+        let powered_on = Instant::now();
         let (mut guest, mut controller) = lifecycle::start(
             qemu,
             guest_spec,
@@ -374,10 +375,12 @@ impl Job<'_> {
                 .guest_setup_script(&prepared.secrets.smb_password)?,
             guest_command: self.profile.guest_setup_command().into(),
             job_server: self.profile.job_server(),
+            // A guest without a marker is ready when SSH answers: within the timeout from
+            // its power-on (the controller's own boot is not the guest's to pay).
             ssh_wait: if self.profile.guest_ready_marker().is_some() {
                 SSH_WAIT_AFTER_MARKER
             } else {
-                opts.timeout
+                opts.timeout.saturating_sub(powered_on.elapsed())
             },
         };
         // The guest may die while the controller waits for it (a Windows that refuses to
@@ -409,7 +412,11 @@ impl Job<'_> {
                 let _ = windows::install::keep_evidence(&mut controller, &keep).await;
                 return Err(Error::StageFailed(Box::new(crate::error::StageFailure {
                     stage: windows::STAGE_FIRST_BOOT.into(),
-                    problem: format!("got no SSH session in the guest: {e}"),
+                    problem: format!(
+                        "got no SSH session in the guest within {} s of its power-on (a \
+                         slow host or disk may need a longer --timeout): {e}",
+                        opts.timeout.as_secs()
+                    ),
                     tail: crate::host::process::tail_of_file(&console, 15),
                     console,
                     screenshot,

@@ -113,8 +113,18 @@ fn base() -> &'static Base {
             profile("STANDIN-BASE", Duration::from_secs(1200)),
             Some("standin-windows"),
         );
-        let base = block_on(bootstrap(&dirs(), &opts, &Progress::quiet()))
-            .unwrap_or_else(|e| panic!("bootstrapping the stand-in Windows base failed: {e}"));
+        // Two at once, as two CI jobs would: one builds, the other waits for it and finds
+        // the base (had both built it, the second's rename onto the first would fail).
+        let (d, q) = (dirs(), Progress::quiet());
+        let (a, b) =
+            block_on(async { tokio::join!(bootstrap(&d, &opts, &q), bootstrap(&d, &opts, &q)) });
+        let base =
+            a.unwrap_or_else(|e| panic!("bootstrapping the stand-in Windows base failed: {e}"));
+        let other = b.unwrap_or_else(|e| panic!("the second, concurrent bootstrap failed: {e}"));
+        assert_eq!(
+            (&other.manifest.id, &other.manifest.created),
+            (&base.manifest.id, &base.manifest.created)
+        );
         eprintln!(
             "stand-in windows base {} in {:.1} s; stages: {:?}",
             &base.manifest.id[..12],
@@ -205,16 +215,40 @@ fn run(opts: RunOptions) -> guestbox::Result<RunResult> {
 }
 
 fn run_on(base: &Base, opts: RunOptions) -> guestbox::Result<RunResult> {
+    run_with_stdin(base, opts, None)
+}
+
+/// A run whose stdin is `input`, or nothing. With a terminal (`shell`) stdin is then held
+/// open until the run is over, as a user's terminal is; otherwise it ends after `input`.
+fn run_with_stdin(
+    base: &Base,
+    opts: RunOptions,
+    input: Option<&[u8]>,
+) -> guestbox::Result<RunResult> {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let outcome = block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let (mut typing, held) = tokio::io::duplex(1 << 16);
+        let mut ended: &[u8] = input.unwrap_or_default();
+        let mut held = held;
+        let stdin: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)> = match input {
+            None => None,
+            Some(bytes) if opts.command.tty.is_some() => {
+                typing.write_all(bytes).await.unwrap();
+                Some(&mut held)
+            }
+            Some(_) => Some(&mut ended),
+        };
         let mut streams = Streams {
-            stdin: None,
+            stdin,
             stdout: &mut out,
             stderr: &mut err,
             window: None,
         };
-        guestbox::run::run(&store(), base, &opts, &mut streams).await
+        let r = guestbox::run::run(&store(), base, &opts, &mut streams).await;
+        drop(typing);
+        r
     })?;
     eprintln!(
         "run {:?}: revive {:.2} s, done {:.2} s",
@@ -337,6 +371,55 @@ fn standin_windows_run_env_workdir_timeout_and_signals() {
     let r = run(o).unwrap();
     assert_eq!(r.code, 124, "{}", r.stderr);
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
+}
+
+/// `--xchg` as in the original (the exit code in `in-vm-exit`), `-i` (stdin forwarded;
+/// without it the command reads EOF at once), and `shell`: Cygwin's login bash on a
+/// terminal.
+#[test]
+fn standin_windows_run_xchg_stdin_and_shell() {
+    let _vm = vm_lock();
+    let xchg = tempfile::tempdir().unwrap();
+    let mut o = bash("echo ran; exit 7");
+    o.session.xchg = Some(xchg.path().into());
+    let r = run(o).unwrap();
+    assert_eq!((r.code, r.stdout.as_str()), (7, "ran\n"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(xchg.path().join("in-vm-exit")).unwrap(),
+        "7\n"
+    );
+
+    let counting = "n=0; while read l; do n=$((n+1)); echo \"$n:$l\"; done; echo done";
+    let r = run_with_stdin(
+        base(),
+        bash(counting),
+        Some(b"alpha\nbeta gamma\n".as_slice()),
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "1:alpha\n2:beta gamma\ndone\n");
+    let r = run(bash("cat; echo eof")).unwrap();
+    assert_eq!(r.stdout, "eof\n", "{}", r.stderr);
+
+    let mut o = cmd(&guestbox::run::LOGIN_SHELL);
+    o.command.tty = Some(guestbox::run::Terminal {
+        term: "vt100".into(),
+        rows: 24,
+        cols: 80,
+    });
+    let r = run_with_stdin(
+        base(),
+        o,
+        Some(b"echo answer-$((6*7)) in $(pwd); tty; exit 3\n".as_slice()),
+    )
+    .unwrap();
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("answer-42 in /home/"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("/dev/pts/") || r.stdout.contains("/dev/cons"),
+        "the shell has no terminal: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -470,33 +553,11 @@ fn standin_windows_install_timeout_fails_with_125_and_keeps_console_and_screensh
     assert_eq!(e.exit_code(), 125, "{e}");
     let msg = e.to_string();
     assert!(msg.contains("install stage"), "{msg}");
-    let failures = store().failures;
-    let kept: Vec<PathBuf> = std::fs::read_dir(&failures)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let dir = kept
-        .iter()
-        .find(|d| msg.contains(&*d.to_string_lossy()))
-        .unwrap_or_else(|| panic!("the message names none of {kept:?}: {msg}"));
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let console = names
-        .iter()
-        .find(|n| n.ends_with(".log"))
-        .expect("a console log");
+    let (dir, names) = kept_in_failures(&msg);
     let shot = names
         .iter()
         .find(|n| n.ends_with(".ppm"))
         .expect("a screenshot");
-    assert!(
-        msg.contains(console.as_str()) && msg.contains(shot.as_str()),
-        "{msg}"
-    );
     let ppm = std::fs::read(dir.join(shot)).unwrap();
     assert!(ppm.starts_with(b"P6"), "not a PPM image");
     assert_eq!(
@@ -512,6 +573,72 @@ fn standin_windows_install_timeout_fails_with_125_and_keeps_console_and_screensh
     let report = guestbox::store::gc::collect(&home).unwrap();
     assert!(!dir.exists(), "gc left {}", dir.display());
     assert!(report.removed.iter().any(|r| r == &*dir.to_string_lossy()));
+}
+
+/// A first boot whose SSH never answers in time (here: a bootstrap timeout shorter than
+/// the stand-in's boot to sshd, on the install the base was made from): 125, the stage
+/// named, the guest's console and a screenshot kept and named, no QEMU left, no base.
+#[test]
+fn standin_windows_first_boot_without_ssh_fails_with_125_and_keeps_console_and_screenshot() {
+    let _vm = vm_lock();
+    // The install is the base's, from the cache: only the first boot is at stake here.
+    base();
+    let home = dirs();
+    let before = store().list().unwrap().len();
+    let mut opts = options(profile("STANDIN-BASE", Duration::from_secs(1200)), None);
+    // Another base (RAM is not an input of the install) whose SSH wait ends before the
+    // stand-in's sshd listens (17-35 s after power-on under TCG).
+    opts.memory_mib = 2304;
+    opts.timeout = Duration::from_secs(6);
+    let e = block_on(bootstrap(&home, &opts, &Progress::quiet()))
+        .expect_err("no SSH within 6 s of power-on");
+    assert_eq!(e.exit_code(), 125, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("first-boot"), "{msg}");
+    assert!(msg.contains("SSH"), "{msg}");
+    let (_, kept) = kept_in_failures(&msg);
+    assert!(
+        kept.iter().filter(|n| n.ends_with(".log")).count() >= 2,
+        "the guest's and the controller's consoles: {kept:?}"
+    );
+    assert_eq!(
+        store().list().unwrap().len(),
+        before,
+        "a base was registered"
+    );
+    let left = processes_with(&format!("{}/.tmp-", store().bases.display()));
+    assert!(
+        left.is_empty(),
+        "a QEMU of the first boot was left: {left:?}"
+    );
+}
+
+/// The failure directory that `msg` names and the files in it; the message names a console
+/// log and a screenshot there (the stage's VM; a first boot keeps the controller's log too).
+fn kept_in_failures(msg: &str) -> (PathBuf, Vec<String>) {
+    let kept: Vec<PathBuf> = std::fs::read_dir(store().failures)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let dir = kept
+        .iter()
+        .find(|d| msg.contains(&*d.to_string_lossy()))
+        .unwrap_or_else(|| panic!("the message names none of {kept:?}: {msg}"));
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for ext in [".log", ".ppm"] {
+        assert!(
+            names
+                .iter()
+                .any(|n| n.ends_with(ext) && msg.contains(n.as_str())),
+            "no {ext} of {names:?} is named: {msg}"
+        );
+    }
+    (dir.clone(), names)
 }
 
 /// Command lines of QEMU or swtpm processes that mention `needle`.

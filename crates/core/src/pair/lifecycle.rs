@@ -14,6 +14,8 @@ use crate::host::process::tail_of_file;
 use crate::machine::{snapshot, Vm, VmSpec};
 use crate::{Error, IoContext, Result};
 
+/// The least the controller's cold boot is given, whatever the guest's limit.
+const CONTROLLER_BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// How long the controller may take to reach the guest and mount the share there.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -21,6 +23,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// guest's `guest_ready` if it prints one (a guest without one, like Windows, is ready when
 /// its SSH port answers, which [`setup`] waits for). Both QMP connections are opened from
 /// the start, so that QEMU's events (a full host disk) are seen on every path.
+/// `timeout` bounds the guest's marker (from power-on) and, never below
+/// [`CONTROLLER_BOOT_LIMIT`], the controller's.
 pub async fn start(
     qemu: &Path,
     guest: VmSpec,
@@ -36,9 +40,15 @@ pub async fn start(
             None => Ok(()),
         }
     };
+    // The controller is guestbox's own small Linux (ready in ~10 s under TCG): a short
+    // limit meant for the guest must not cut its boot, and a host too slow for it still
+    // fails within CONTROLLER_BOOT_LIMIT.
     let (rg, rc) = tokio::join!(
         guest_marker,
-        c.wait_for_console(markers::CONTROLLER_READY, timeout)
+        c.wait_for_console(
+            markers::CONTROLLER_READY,
+            timeout.max(CONTROLLER_BOOT_LIMIT)
+        )
     );
     rg?;
     rc?;

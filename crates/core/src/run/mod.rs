@@ -71,6 +71,15 @@ pub struct Command {
     pub tty: Option<Terminal>,
 }
 
+/// What `guestbox shell` runs (with a [`Terminal`]): the guest's login bash where there is
+/// one (Debian; Cygwin's on Windows, which starts in the user's home as Cygwin's
+/// terminal does), else its login sh.
+pub const LOGIN_SHELL: [&str; 3] = [
+    "sh",
+    "-c",
+    "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi",
+];
+
 /// The terminal a command gets in the guest.
 #[derive(Debug, Clone, Default)]
 pub struct Terminal {

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 
 use guestbox::bootstrap::{self as core_bootstrap, BootstrapOptions};
-use guestbox::host::{fs::random_hex, process::run_tool, programs, Dirs};
+use guestbox::host::{programs, Dirs};
 use guestbox::machine::Accel;
 use guestbox::profile::windows as win;
 use guestbox::profile::Profile as CoreProfile;
 use guestbox::progress::Progress;
-use guestbox::{Error, IoContext, Result};
+use guestbox::{Error, Result};
 use media::cygwin::CygwinMirror;
 use media::windows::{
     Firmware, ImageSelection, Profile, Secret, Win11Requirements, WindowsSettings,
@@ -73,10 +73,10 @@ pub async fn bootstrap(args: &BootstrapArgs, progress: &Progress) -> Result<i32>
         Some(p) => Secret::new(p.clone()),
         None => match win::stored_password(&dir)? {
             Some(p) => p,
-            None => Secret::new(generated_password()?),
+            None => Secret::new(win::bootstrap::generated_password()?),
         },
     };
-    let public_key = controller_key(&keys).await?;
+    let public_key = win::bootstrap::ensure_controller_key(&keys).await?;
     let settings = choices(w, WindowsSettings::new(profile, password, public_key));
     let mirror = cygwin_mirror(w, mirror_dir, settings.cygwin.arch);
     // The emitted command lines are for this host: KVM only if asked for explicitly (the
@@ -240,36 +240,3 @@ async fn full_bootstrap(
 /// A syntactically valid public key for settings that only record choices.
 const PLACEHOLDER_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVudXNlZHVudXNlZHVudXNlZHVudXNlZHVudXNl unused";
-
-/// A password Windows' default complexity rules accept: upper, lower, digit, symbol.
-fn generated_password() -> Result<String> {
-    Ok(format!("Gb-{}-x9", random_hex(12)?))
-}
-
-/// A fresh ed25519 key pair for the controller; returns the public key line.
-async fn controller_key(path: &std::path::Path) -> Result<String> {
-    let keygen = programs::path_of(programs::SSH_KEYGEN)?;
-    if !path.exists() {
-        let p = path.to_string_lossy().into_owned();
-        run_tool(
-            "ssh-keygen",
-            &keygen,
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "guestbox-controller",
-                "-f",
-                &p,
-            ],
-        )
-        .await?;
-    }
-    let pub_path = path.with_extension("pub");
-    std::fs::read_to_string(&pub_path)
-        .map(|s| s.trim().to_string())
-        .ctx(|| format!("reading {}", pub_path.display()))
-}

@@ -237,35 +237,43 @@ pub fn generated_password() -> Result<String> {
     Ok(format!("Gb-{}-x9", random_hex(12)?))
 }
 
-/// A fresh ed25519 key pair in `dir`: (private key, public line); the files are removed.
-async fn controller_key(dir: &Path) -> Result<(String, String)> {
-    let keygen = programs::path_of(programs::SSH_KEYGEN)?;
-    let path = dir.join("controller-key");
-    let p = path.to_string_lossy().into_owned();
-    run_tool(
-        "ssh-keygen",
-        &keygen,
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "guestbox-controller",
-            "-f",
-            &p,
-        ],
-    )
-    .await?;
+/// The controller's ed25519 key pair at `path` (and `path.pub`), made if missing (`--emit`
+/// keeps it next to the media); returns the public key line.
+pub async fn ensure_controller_key(path: &Path) -> Result<String> {
+    if !path.exists() {
+        let keygen = programs::path_of(programs::SSH_KEYGEN)?;
+        let p = path.to_string_lossy().into_owned();
+        run_tool(
+            "ssh-keygen",
+            &keygen,
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "guestbox-controller",
+                "-f",
+                &p,
+            ],
+        )
+        .await?;
+    }
     let public = path.with_extension("pub");
-    let private = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-    let public_line = fs::read_to_string(&public)
+    Ok(fs::read_to_string(&public)
         .ctx(|| format!("reading {}", public.display()))?
         .trim()
-        .to_string();
+        .to_string())
+}
+
+/// A fresh key pair made in `dir`: (private key, public line); the files are removed.
+async fn controller_key(dir: &Path) -> Result<(String, String)> {
+    let path = dir.join("controller-key");
+    let public_line = ensure_controller_key(&path).await?;
+    let private = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
     let _ = fs::remove_file(&path);
-    let _ = fs::remove_file(&public);
+    let _ = fs::remove_file(path.with_extension("pub"));
     Ok((private, public_line))
 }
 

@@ -861,10 +861,12 @@ struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     events: Vec<Value>,
+    /// QEMU's stderr, shown when the connection breaks (a QEMU that died says why there).
+    stderr: PathBuf,
 }
 
 impl Qmp {
-    fn connect(socket: &Path, child: &mut Child) -> Qmp {
+    fn connect(socket: &Path, child: &mut Child, stderr: &Path) -> Qmp {
         let deadline = Instant::now() + Duration::from_secs(20);
         let stream = loop {
             if let Ok(s) = UnixStream::connect(socket) {
@@ -887,6 +889,7 @@ impl Qmp {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
             events: Vec::new(),
+            stderr: stderr.to_path_buf(),
         };
         let greeting = q.read();
         assert!(greeting.get("QMP").is_some(), "{greeting}");
@@ -896,14 +899,19 @@ impl Qmp {
 
     fn read(&mut self) -> Value {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("reading QMP");
-        assert!(n > 0, "QMP closed");
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading QMP: {e}; {}", self.qemu_said()));
+        assert!(n > 0, "QMP closed; {}", self.qemu_said());
         serde_json::from_str(&line).unwrap()
     }
 
     fn execute(&mut self, command: &str, arguments: Value) -> Value {
         let msg = json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{msg}").unwrap();
+        if let Err(e) = writeln!(self.writer, "{msg}") {
+            panic!("sending {command} to QMP: {e}; {}", self.qemu_said());
+        }
         loop {
             let v = self.read();
             if v.get("event").is_some() {
@@ -922,6 +930,13 @@ impl Qmp {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    fn qemu_said(&self) -> String {
+        format!(
+            "QEMU's stderr: {:?}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
     }
 
     fn wait_event(&mut self, name: &str) -> Value {
@@ -1085,7 +1100,7 @@ fn run_emitted_stages(settings: &WindowsSettings) {
             pid_files: vec![out.join("run/swtpm.pid")],
         };
         let child = &mut reaper.children[0];
-        let mut q = Qmp::connect(&out.join("run/qmp-guest.sock"), child);
+        let mut q = Qmp::connect(&out.join("run/qmp-guest.sock"), child, &stderr_file);
 
         assert_eq!(
             q.execute("query-status", json!({}))["status"],

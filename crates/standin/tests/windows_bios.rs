@@ -110,41 +110,19 @@ fn windows_bios_first_boot_serves_ssh_to_the_controller_key_only() {
 #[test]
 fn windows_bios_runs_guestbox_run_scripts_over_smb3_and_rejects_broken_ones() {
     let _ = installed(Flavour::Bios);
-    let share = tempfile::tempdir().unwrap();
-    let tag = &link::shares::all_tags()[1];
-    std::fs::create_dir_all(share.path().join(tag)).unwrap();
-    std::fs::write(share.path().join(tag).join("hello.txt"), "from the share\n").unwrap();
     let password = "Smb-pa55word";
-    let smb = Smb::start(
-        link::shares::SMB_SHARE,
-        share.path(),
-        link::shares::SMB_USER,
-        password,
-    );
+    let (share, smb, tag) = hello_share(password);
     let _vm = vm_lock();
     let (_guest, _run, ctl, _) = boot(Flavour::Bios, Some(smb.addr));
     let (ctl_key, _) = key("controller");
     let user = settings(Flavour::Bios).ssh_user().to_string();
+    let bash_s = |script: &[u8]| ssh(ctl.ssh_port, &ctl_key, &user, &[], "bash -s", script);
     // As the bootstrap does once: the share root mapped to G: and mounted in Cygwin.
     let setup = setup_script(password);
-    let (code, out, err) = ssh(
-        ctl.ssh_port,
-        &ctl_key,
-        &user,
-        &[],
-        "bash -s",
-        setup.as_bytes(),
-    );
+    let (code, out, err) = bash_s(setup.as_bytes());
     assert_eq!((code, out.as_str()), (0, NET_USE_OK), "{err}");
     // The same again (a revived snapshot still holds the letter): `net use /delete` first.
-    let (code, out, err) = ssh(
-        ctl.ssh_port,
-        &ctl_key,
-        &user,
-        &[],
-        "bash -s",
-        setup.as_bytes(),
-    );
+    let (code, out, err) = bash_s(setup.as_bytes());
     assert_eq!((code, out.as_str()), (0, NET_USE_OK), "{err}");
     // A run binds its volume slot (a directory of the mapped share) at /src.
     let script = run_script(
@@ -157,58 +135,30 @@ fn windows_bios_runs_guestbox_run_scripts_over_smb3_and_rejects_broken_ones() {
     );
     let expected = "from the share\nhello from the host\n/src\n";
     for _ in 0..2 {
-        let (code, out, err) = ssh(
-            ctl.ssh_port,
-            &ctl_key,
-            &user,
-            &[],
-            "bash -s",
-            script.as_bytes(),
-        );
+        let (code, out, err) = bash_s(script.as_bytes());
         assert_eq!((code, out.as_str()), (7, expected), "{err}");
     }
     assert_eq!(
-        std::fs::read_to_string(share.path().join(tag).join("made.txt")).unwrap(),
+        std::fs::read_to_string(share.path().join(&tag).join("made.txt")).unwrap(),
         "made\n"
     );
 
     // A malformed `net use` line: net's syntax error, the script's setup failure (125).
     let broken = setup.replace("/persistent:yes", "/persistent:maybe");
     assert_ne!(broken, setup);
-    let (code, out, err) = ssh(
-        ctl.ssh_port,
-        &ctl_key,
-        &user,
-        &[],
-        "bash -s",
-        broken.as_bytes(),
-    );
+    let (code, out, err) = bash_s(broken.as_bytes());
     assert_eq!(code, 125, "{out}{err}");
     assert!(out.contains("The syntax of this command is"), "{out}{err}");
     assert!(err.contains("mapping the SMB shares failed"), "{err}");
     // A wrong password: System error 86, as Windows says it.
     let wrong = setup_script("not-the-password");
-    let (code, out, err) = ssh(
-        ctl.ssh_port,
-        &ctl_key,
-        &user,
-        &[],
-        "bash -s",
-        wrong.as_bytes(),
-    );
+    let (code, out, err) = bash_s(wrong.as_bytes());
     assert_eq!(code, 125, "{out}{err}");
     assert!(out.contains("System error 86 has occurred"), "{out}{err}");
     // A mount option Cygwin's mount does not have.
     let bad_mount = setup.replace("-o binary,noacl G:/", "-o binary,noacl,nosuch G:/");
     assert_ne!(bad_mount, setup);
-    let (code, out, err) = ssh(
-        ctl.ssh_port,
-        &ctl_key,
-        &user,
-        &[],
-        "bash -s",
-        bad_mount.as_bytes(),
-    );
+    let (code, out, err) = bash_s(bad_mount.as_bytes());
     assert_eq!(code, 125, "{out}{err}");
     assert!(err.contains("invalid option - 'nosuch'"), "{err}");
     // A Windows path where Cygwin's mount wants a POSIX mount point.

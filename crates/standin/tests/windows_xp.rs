@@ -22,17 +22,8 @@ fn windows_xp_installs_boots_and_maps_the_share_over_smb1() {
         eprintln!("windows-xp install: {:.1} s", took.as_secs_f64());
         save_installed(&guest, &installed_dir(flavour, &iso));
     }
-    let share = tempfile::tempdir().unwrap();
-    let tag = &link::shares::all_tags()[1];
-    std::fs::create_dir_all(share.path().join(tag)).unwrap();
-    std::fs::write(share.path().join(tag).join("hello.txt"), "from the share\n").unwrap();
     let password = "Smb-pa55word";
-    let smb = Smb::start(
-        link::shares::SMB_SHARE,
-        share.path(),
-        link::shares::SMB_USER,
-        password,
-    );
+    let (_share, smb, _) = hello_share(password);
     let _vm = vm_lock();
     let (_guest, _run, ctl, _) = boot(flavour, Some(smb.addr));
     let (ctl_key, _) = key("controller");

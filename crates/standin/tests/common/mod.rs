@@ -571,6 +571,27 @@ pub fn boot(
     (guest, run, ctl, took)
 }
 
+/// The controller's share as its agent lays it out, volume slot 0 holding `hello.txt`,
+/// served by the Samba double with `password`: (the share's directory, the server, the
+/// slot's tag).
+pub fn hello_share(password: &str) -> (tempfile::TempDir, Smb, String) {
+    let share = tempfile::tempdir().unwrap();
+    let tag = link::shares::all_tags()[1].clone();
+    std::fs::create_dir_all(share.path().join(&tag)).unwrap();
+    std::fs::write(
+        share.path().join(&tag).join("hello.txt"),
+        "from the share\n",
+    )
+    .unwrap();
+    let smb = Smb::start(
+        link::shares::SMB_SHARE,
+        share.path(),
+        link::shares::SMB_USER,
+        password,
+    );
+    (share, smb, tag)
+}
+
 /// A test double of the controller's Samba: smbd on 127.0.0.1 (a free port), a share
 /// `name` over `share`, user `user` (mapped onto root) with `password`; NT1 to SMB3, as
 /// guestbox's controller offers.

@@ -25,16 +25,37 @@ pub struct BenchOptions {
     pub accel: AccelChoice,
     /// The sections to run; empty: all.
     pub only: Vec<Section>,
+    /// Windows bases for [`Section::Windows`]: one, and optionally a larger one.
+    pub windows_bases: Vec<String>,
 }
 
 impl BenchOptions {
     fn wants(&self, s: Section) -> bool {
         if self.only.is_empty() {
             // Not by default: the registry rows need Debian's docker-registry, the tree
-            // rows a base of their own and minutes of emulated round trips.
-            return !matches!(s, Section::Registry | Section::Tree);
+            // rows a base of their own and minutes of emulated round trips, the Windows
+            // rows bases only their owner can make (from Windows media).
+            return match s {
+                Section::Registry | Section::Tree => false,
+                Section::Windows => !self.windows_bases.is_empty(),
+                _ => true,
+            };
         }
         self.only.contains(&s)
+    }
+
+    /// Whether any section needs the Debian base of `small_mib`.
+    fn wants_debian(&self) -> bool {
+        [
+            Section::Revive,
+            Section::Run,
+            Section::Cold,
+            Section::Write,
+            Section::Registry,
+            Section::Tree,
+        ]
+        .into_iter()
+        .any(|s| self.wants(s))
     }
 }
 
@@ -118,6 +139,9 @@ pub enum Section {
     /// `find` + `stat` and `git status` over a 10 000-file tree, shared read-only against
     /// the guest's own disk.
     Tree,
+    /// Revive of the Windows bases given with --windows-base (a 4 GiB one, the default
+    /// of `bootstrap --profile windows`; a second, larger one for the RAM-size ratio).
+    Windows,
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -506,8 +530,14 @@ async fn tree_walks(dirs: &Dirs, base: &Base, tree: &Path) -> Result<[f64; 4]> {
 pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Result<Vec<Row>> {
     let n = opts.runs.max(1);
     let store = Store::new(dirs);
-    let small = base_with(dirs, opts.small_mib, opts.accel, progress).await?;
     let mut rows = Vec::new();
+    if opts.wants(Section::Windows) {
+        rows.extend(windows_rows(dirs, opts, n, progress).await?);
+    }
+    if !opts.wants_debian() {
+        return Ok(rows);
+    }
+    let small = base_with(dirs, opts.small_mib, opts.accel, progress).await?;
     let mut revive = None;
     if opts.wants(Section::Revive) {
         let (r, one) = revive_rows(dirs, &small, opts, n, progress).await?;
@@ -665,6 +695,93 @@ pub async fn bench(dirs: &Dirs, opts: &BenchOptions, progress: &Progress) -> Res
             git_sh / git_lo,
             "x",
             "",
+        ));
+    }
+    Ok(rows)
+}
+
+/// Revive of Windows bases (firmware guests: q35 or pc, AHCI or IDE, OVMF or SeaBIOS, a TPM
+/// where the base has one): the first given, and the second against it.
+async fn windows_rows(
+    dirs: &Dirs,
+    opts: &BenchOptions,
+    n: usize,
+    progress: &Progress,
+) -> Result<Vec<Row>> {
+    let store = Store::new(dirs);
+    if opts.windows_bases.is_empty() || opts.windows_bases.len() > 2 {
+        return Err(Error::Usage(
+            "bench --only windows needs --windows-base BASE[,BIGGER_BASE]: one or two Windows \
+             bases (made with `guestbox bootstrap --profile windows`; without Windows media, \
+             from the stand-in's, see the README's benchmarks)"
+                .into(),
+        ));
+    }
+    let mut bases = Vec::new();
+    for name in &opts.windows_bases {
+        let base = store.resolve(name)?;
+        if base.manifest.pair.guest.is_none() {
+            return Err(Error::Usage(format!(
+                "--windows-base {name}: base {} is a {} base, not a Windows one",
+                &base.manifest.id[..12],
+                base.manifest.profile
+            )));
+        }
+        bases.push(base);
+    }
+    let mib = |b: &Base| b.manifest.pair.guest_memory_mib;
+    // What the revive restores besides RAM: the firmware's variables, a TPM's state.
+    let kind = |b: &Base| {
+        let g = b.manifest.pair.guest.as_ref();
+        let firmware = match g.and_then(|g| g.uefi.as_ref()) {
+            Some(u) if u.secure_boot => "UEFI Secure Boot",
+            Some(_) => "UEFI",
+            None => "BIOS",
+        };
+        let tpm = if g.is_some_and(|g| g.tpm) {
+            " + TPM"
+        } else {
+            ""
+        };
+        format!("{}, {} MiB, {firmware}{tpm}", b.manifest.profile, mib(b))
+    };
+    let step = progress.step(format!(
+        "reviving Windows bases {n} times ({})",
+        bases
+            .iter()
+            .map(|b| format!("{} MiB", mib(b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut walls = vec![Vec::new(); bases.len()];
+    for _ in 0..n {
+        for (base, wall) in bases.iter().zip(&mut walls) {
+            wall.push(secs(revive_many(dirs, base, 1).await?.wall));
+        }
+    }
+    step.done();
+    let medians: Vec<f64> = walls.into_iter().map(median).collect();
+    let mut rows = vec![Row::new(
+        "revive_windows_s",
+        &format!("revive of a Windows base ({})", kind(&bases[0])),
+        medians[0],
+        "s",
+        "<= 0.3 s (4 GiB)",
+    )];
+    if let (Some(big), Some(m)) = (bases.get(1), medians.get(1)) {
+        rows.push(Row::new(
+            "revive_windows_second_s",
+            &format!("revive of a Windows base ({})", kind(big)),
+            *m,
+            "s",
+            "",
+        ));
+        rows.push(Row::new(
+            "revive_windows_second_vs_first",
+            &format!("  {} MiB / {} MiB", mib(big), mib(&bases[0])),
+            m / medians[0],
+            "x",
+            "<= 1.2 (8 GiB / 4 GiB)",
         ));
     }
     Ok(rows)

@@ -451,6 +451,10 @@ pub struct BenchArgs {
     /// the same as --only registry.
     #[arg(long, conflicts_with_all = ["soak", "only"])]
     pub registry: bool,
+    /// Windows bases to revive (section windows): one (4 GiB, bootstrap's default) and
+    /// optionally a larger one for the RAM-size ratio, comma-separated.
+    #[arg(long, value_name = "BASE", value_delimiter = ',', num_args = 1)]
+    pub windows_base: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,14 @@ fn usage_errors_exit_2_with_a_clear_message() {
         (&["bootstrap", "--memory", "lots"], "not a size"),
         (&["bootstrap", "--name", "../x"], "not a valid base name"),
         (&["inspect", "no-such-base-anywhere"], "no base named"),
+        (
+            &["bench", "--only", "windows"],
+            "needs --windows-base BASE[,BIGGER_BASE]",
+        ),
+        (
+            &["bench", "--windows-base", "no-such-base-anywhere"],
+            "no base named",
+        ),
     ];
     for (args, needle) in cases {
         let o = guestbox().args(*args).output().unwrap();

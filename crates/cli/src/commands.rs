@@ -384,8 +384,23 @@ fn ls(json: bool) -> Result<i32> {
         );
         return Ok(0);
     }
+    // Columns as wide as their longest entry (names are the user's: any length).
+    let names_of = |b: &Base| {
+        if b.names.is_empty() {
+            "-".to_string()
+        } else {
+            b.names.join(",")
+        }
+    };
+    let healthy = listed.iter().filter_map(|l| match l {
+        Listed::Healthy(b) => Some(b),
+        Listed::Damaged { .. } => None,
+    });
+    let (nw, pw) = healthy.fold((5, 7), |(n, p), b| {
+        (n.max(names_of(b).len()), p.max(b.manifest.profile.len()))
+    });
     println!(
-        "{:<14} {:<16} {:<8} {:>7} {:>5} {:<5} {:>9}  {:<20}  ORIGIN",
+        "{:<14} {:<nw$} {:<pw$} {:>7} {:>5} {:<5} {:>9}  {:<20}  ORIGIN",
         "ID", "NAMES", "PROFILE", "MEMORY", "CPUS", "ACCEL", "DISK", "CREATED"
     );
     let mut damaged = Vec::new();
@@ -400,13 +415,9 @@ fn ls(json: bool) -> Result<i32> {
         };
         let m = &b.manifest;
         println!(
-            "{:<14} {:<16} {:<8} {:>6}M {:>5} {:<5} {:>8}M  {:<20}  {}",
+            "{:<14} {:<nw$} {:<pw$} {:>6}M {:>5} {:<5} {:>8}M  {:<20}  {}",
             &m.id[..12.min(m.id.len())],
-            if b.names.is_empty() {
-                "-".to_string()
-            } else {
-                b.names.join(",")
-            },
+            names_of(b),
             m.profile,
             m.pair.guest_memory_mib,
             m.pair.guest_cpus,

@@ -243,10 +243,23 @@ fn ls_lists_the_healthy_bases_beside_a_damaged_one() {
     let damaged = bases.join(damaged_id);
     std::fs::create_dir(&damaged).unwrap();
     std::fs::write(damaged.join("manifest.json"), b"{\"format\": 3, \"id\"").unwrap();
+    // A name longer than the NAMES heading: the columns widen to it.
+    let long = "a-name-longer-than-any-column-width";
+    std::os::unix::fs::symlink(format!("../{id}"), bases.join("names").join(long)).unwrap();
     let o = guestbox_in(home.path()).arg("ls").output().unwrap();
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     assert!(out.contains(&id[..12]), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(long))
+        .expect("the named base");
+    let header = out.lines().next().unwrap();
+    assert_eq!(
+        row.find("debian"),
+        header.find("PROFILE"),
+        "columns misaligned:\n{out}"
+    );
     assert!(
         out.contains(&damaged_id[..12]) && out.contains("DAMAGED"),
         "{out}"

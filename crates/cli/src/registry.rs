@@ -94,11 +94,10 @@ pub async fn push(args: &PushArgs, progress: &Progress, quiet: bool) -> Result<i
     let base = store.resolve(&args.base)?;
     // A damaged base would be refused by every pull; say so here, before sending it.
     store::quick_check(&base)?;
-    import::check_transportable(&base.manifest)?;
     // `rm` waits until the push is done.
     let _hold = base.lock_shared()?;
     let client = client(&args.registry)?;
-    let files = import::transported_files();
+    let files = import::transported_files(&base.manifest);
     let to_push = oci::Base::from_dir(&base.dir, MANIFEST, &files)?;
     let mut opts = PushOptions::new(import::push_state(&dirs));
     if let Some(p) = args.part_size {
@@ -181,7 +180,6 @@ pub async fn pull(args: &PullArgs, progress: &Progress, quiet: bool) -> Result<i
     // this guestbox can take, and not here already.
     let found = client.inspect(reference).await?;
     let manifest = import::parse_manifest(&found.config)?;
-    import::check_transportable(&manifest)?;
     // A base with another agent runs in no way here, cold or revived: refuse it now.
     compat::check_agent_of(&manifest)?;
     let mut warnings = Vec::new();

@@ -103,17 +103,15 @@ pub(crate) fn plan_parts(file: &str, size: u64, part_size: u64) -> Vec<PartInfo>
         .collect()
 }
 
-/// A file name as it may appear in a base: one plain path component. A registry's
-/// manifest is outside input, and a title of `../x` must not write outside the destination.
+/// A file name as it may appear in a base: plain path components joined by '/'
+/// (`tpm/tpm2-00.permall`, a Windows guest's TPM state). A registry's manifest is outside
+/// input, and a title of `../x` or `/x` must not write outside the destination.
 pub(crate) fn check_file_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0'])
-        || name.len() > 255
-    {
+    let plain = |c: &str| !c.is_empty() && c != "." && c != ".." && c.len() <= 255;
+    if name.len() > 4096 || name.contains(['\\', '\0']) || !name.split('/').all(plain) {
         Err(format!(
-            "file name {name:?} is not a plain file name (no '/', not '.' or '..')"
+            "file name {name:?} is not a relative path of plain names (no empty, '.' or \
+             '..' part)"
         ))
     } else {
         Ok(())
@@ -250,10 +248,13 @@ mod tests {
         let err = parse_layers("r", &manifest(&missing)).unwrap_err();
         assert!(err.to_string().contains("guest.ram"), "{err}");
 
-        let mut evil = parts.clone();
-        evil[3].file = "../x".into();
-        let err = parse_layers("r", &manifest(&evil)).unwrap_err();
-        assert!(err.to_string().contains("plain file name"), "{err}");
+        for name in ["../x", "/x", "tpm/../../x", "tpm//x", "a/./b", ""] {
+            let mut evil = parts.clone();
+            evil[3].file = name.into();
+            let err = parse_layers("r", &manifest(&evil)).unwrap_err();
+            assert!(err.to_string().contains("plain names"), "{name:?}: {err}");
+        }
+        assert!(check_file_name("tpm/tpm2-00.permall").is_ok());
 
         let mut short = parts;
         short[2].length = 1;

@@ -57,14 +57,15 @@ pub struct Base {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseFile {
-    /// A plain file name (no '/'), as it is to appear in the pulled directory.
+    /// A relative path of plain names (`guest.ram`, `tpm/tpm2-00.permall`), as it is to
+    /// appear in the pulled directory.
     pub name: String,
     pub path: PathBuf,
 }
 
 impl Base {
     /// `config` and `files` of directory `dir`, by name.
-    pub fn from_dir(dir: &Path, config: &str, files: &[&str]) -> Result<Base> {
+    pub fn from_dir(dir: &Path, config: &str, files: &[impl AsRef<str>]) -> Result<Base> {
         let path = dir.join(config);
         let config = std::fs::read(&path).at("reading the base's manifest", &path)?;
         Ok(Base {
@@ -72,8 +73,8 @@ impl Base {
             files: files
                 .iter()
                 .map(|name| BaseFile {
-                    name: name.to_string(),
-                    path: dir.join(name),
+                    name: name.as_ref().to_string(),
+                    path: dir.join(name.as_ref()),
                 })
                 .collect(),
         })

@@ -212,6 +212,10 @@ impl Client {
                 continue;
             }
             let path = opts.dest_dir.join(&part.file);
+            // A file in a subdirectory (a TPM's state): its name's parts are checked plain.
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).at("creating", parent)?;
+            }
             let f = OpenOptions::new()
                 .write(true)
                 .create(true)

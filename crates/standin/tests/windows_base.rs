@@ -6,6 +6,9 @@
 //! that never ends. One base is bootstrapped for the whole file (it is expensive) and kept
 //! between runs of it (bases are content-addressed).
 mod common;
+// Debian's docker-registry on loopback, as the registry client's own tests start it.
+#[path = "../../oci/tests/common/registry.rs"]
+mod registry;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -18,7 +21,7 @@ use guestbox::profile::windows::{Sources, WindowsProfile};
 use guestbox::profile::Profile;
 use guestbox::progress::Progress;
 use guestbox::run::{RunOptions, Streams, Volume};
-use guestbox::store::{self, files, Base, Store};
+use guestbox::store::{self, files, import, Base, Store};
 use media::cygwin::CygwinArch;
 use media::windows::{Profile as WinKind, Secret, WindowsSettings};
 
@@ -218,9 +221,23 @@ fn run_on(base: &Base, opts: RunOptions) -> guestbox::Result<RunResult> {
     run_with_stdin(base, opts, None)
 }
 
+/// A run on `base` of `store` (another home's).
+fn run_in(store: &Store, base: &Base, opts: RunOptions) -> guestbox::Result<RunResult> {
+    run_io(store, base, opts, None)
+}
+
 /// A run whose stdin is `input`, or nothing. With a terminal (`shell`) stdin is then held
 /// open until the run is over, as a user's terminal is; otherwise it ends after `input`.
 fn run_with_stdin(
+    base: &Base,
+    opts: RunOptions,
+    input: Option<&[u8]>,
+) -> guestbox::Result<RunResult> {
+    run_io(&store(), base, opts, input)
+}
+
+fn run_io(
+    store: &Store,
     base: &Base,
     opts: RunOptions,
     input: Option<&[u8]>,
@@ -246,7 +263,7 @@ fn run_with_stdin(
             stderr: &mut err,
             window: None,
         };
-        let r = guestbox::run::run(&store(), base, &opts, &mut streams).await;
+        let r = guestbox::run::run(store, base, &opts, &mut streams).await;
         drop(typing);
         r
     })?;
@@ -664,14 +681,89 @@ fn processes_with(needle: &str) -> Vec<String> {
     out
 }
 
-/// Push and pull do not carry a Windows base's UEFI variables and TPM state yet: both
-/// refuse one before anything moves, saying so.
+/// A Windows base through a registry (Debian's docker-registry on loopback), as `guestbox
+/// push` and `pull` move it: the UEFI + TPM base pushed whole — its UEFI variable store
+/// and its TPM's state directory (`tpm/...`) among the parts — pulled into another home,
+/// checked against its sealed manifest and registered, and revived there with its TPM.
 #[test]
-fn standin_windows_base_is_refused_by_push_and_pull_with_the_reason() {
-    let e = guestbox::store::import::check_transportable(&base().manifest).unwrap_err();
-    let text = e.to_string();
+fn standin_windows_tpm_base_moves_through_a_registry_and_revives_there() {
+    let _vm = vm_lock();
+    let base = tpm_base();
+    let registry = registry::anonymous();
+    let files = import::transported_files(&base.manifest);
     assert!(
-        text.contains("UEFI variables and TPM state") && text.contains("windows"),
-        "{text}"
+        files.iter().any(|f| f == files::GUEST_VARS)
+            && files
+                .iter()
+                .any(|f| f.starts_with(&format!("{}/", files::GUEST_TPM))),
+        "{files:?}"
+    );
+    let reference: oci::Reference = format!("{}/standin/windows-tpm:v1", registry.addr)
+        .parse()
+        .unwrap();
+    let client = oci::Client::new(oci::Options {
+        lookup_credentials: false,
+        ..oci::Options::default()
+    })
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let to_push = oci::Base::from_dir(&base.dir, store::MANIFEST, &files).unwrap();
+    let pushed = block_on(client.push(
+        &reference,
+        &to_push,
+        &oci::PushOptions::new(state.path().join("push")),
+        &oci::NoProgress,
+    ))
+    .unwrap();
+    // A fresh repository: every blob sent, but the repeats (a RAM file's zero parts).
+    assert!(pushed.bytes_transferred > 0, "{pushed:?}");
+    assert_eq!(
+        pushed.blobs_transferred + pushed.blobs_skipped,
+        pushed.blobs,
+        "{pushed:?}"
+    );
+
+    // Into an empty home (the images cache shared, as it holds nothing a base needs).
+    let data = tempfile::tempdir().unwrap();
+    let other = Store::new(&Dirs {
+        cache: dirs().cache,
+        data: data.path().to_path_buf(),
+    });
+    let pulled = block_on(async {
+        let found = client.inspect(&reference).await.unwrap();
+        let import::Begun::Started(import) = other.begin_import(&found.config).await.unwrap()
+        else {
+            panic!("the empty home has the base already");
+        };
+        let opts = oci::PullOptions::new(state.path().join("pull"), import.dir().to_path_buf());
+        client
+            .pull(
+                &reference.with_digest(&found.digest),
+                &opts,
+                &oci::NoProgress,
+            )
+            .await
+            .unwrap();
+        import::check(import.dir(), import.manifest()).unwrap();
+        import
+            .register(&guestbox::store::Origin::pulled(
+                &reference.to_string(),
+                &found.digest,
+            ))
+            .unwrap()
+    });
+    assert_eq!(pulled.manifest.id, base.manifest.id);
+    assert!(store::verify(&pulled).unwrap().is_empty());
+    let r = run_in(
+        &other,
+        &pulled,
+        bash("cat /sys/class/tpm/tpm0/tpm_version_major; cygpath -w /"),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "2\nC:\\cygwin\n"),
+        "{}",
+        r.stderr
     );
 }

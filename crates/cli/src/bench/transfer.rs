@@ -267,7 +267,7 @@ pub async fn rows(
         ..oci::Options::default()
     })
     .map_err(|e| oci_error("the registry client", e))?;
-    let files = import::transported_files();
+    let files = import::transported_files(&base.manifest);
     let to_push = oci::Base::from_dir(&base.dir, MANIFEST, &files)
         .map_err(|e| oci_error("reading the base", e))?;
     let exe = std::env::current_exe().ctx(|| "finding the guestbox binary")?;

@@ -20,28 +20,24 @@ use crate::host::Dirs;
 use crate::machine::qemu;
 use crate::{Error, IoContext, Result};
 
-/// The files of a base that travel with its manifest: every file the manifest checksums,
-/// and the secrets. Without the secrets a base still revives (its VMs hold the SSH key
-/// and SMB password in their frozen memory) but `run --cold` cannot set up its link.
-pub fn transported_files() -> Vec<&'static str> {
-    let mut all = files::ALL.to_vec();
-    all.push(SECRETS);
+/// The files of a base that travel with its manifest: every file the base needs (for a
+/// Windows guest its UEFI variables and its TPM's state, `tpm/...`), and the secrets.
+/// Without the secrets a base still revives (its VMs hold the SSH key and SMB password in
+/// their frozen memory) but `run --cold` cannot set up its link.
+pub fn transported_files(manifest: &Manifest) -> Vec<String> {
+    let mut all = manifest.required_files();
+    all.push(SECRETS.to_string());
     all
 }
 
-/// Refuses a base whose files are not [`transported_files`]: a firmware-booted (Windows)
-/// guest's base has no guest kernel image but a UEFI variable store and a TPM state
-/// directory, which push and pull do not carry yet.
-pub fn check_transportable(manifest: &Manifest) -> Result<()> {
-    if manifest.pair.guest.is_some() {
-        return Err(Error::Usage(format!(
-            "base {} is a {} base: push and pull do not carry a Windows guest's UEFI \
-             variables and TPM state yet; bootstrap it on each host instead",
-            manifest.id.get(..12).unwrap_or(&manifest.id),
-            manifest.profile
-        )));
-    }
-    Ok(())
+/// A file name of a base as a manifest may give it: plain components below the base's
+/// directory (`tpm/tpm2-00.permall`), nothing that could reach out of it.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\\', '\0']))
 }
 
 /// What push and pull keep between attempts: `registry/push` (the registry client's state:
@@ -156,6 +152,12 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
     if !is_base_id(&manifest.id) {
         return Err(bad(&id, format!("{:?} is not a base id", manifest.id)));
     }
+    if let Some(name) = manifest.files.keys().find(|n| !safe_name(n)) {
+        return Err(bad(
+            &id,
+            format!("it names a file {name:?} outside the base's directory"),
+        ));
+    }
     Ok(manifest)
 }
 
@@ -238,31 +240,41 @@ impl Import {
 /// Reads every byte: run it off the async threads.
 pub fn check(dir: &Path, manifest: &Manifest) -> Result<()> {
     let id = &manifest.id;
-    let expected = transported_files();
+    let expected = transported_files(manifest);
     let mut found = Vec::new();
-    for e in fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
-        let e = e.ctx(|| format!("reading {}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !expected.contains(&name.as_str()) {
-            return Err(bad(
-                id,
-                format!("it carries a file a base has not: {name:?}"),
-            ));
+    // The base's directory and its subdirectories (a TPM's state), as names like the
+    // manifest's.
+    let mut dirs = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = dirs.pop() {
+        for e in fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
+            let e = e.ctx(|| format!("reading {}", d.display()))?;
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            let kind = e.file_type().ctx(|| format!("reading {}", d.display()))?;
+            if kind.is_dir() && expected.iter().any(|x| x.starts_with(&format!("{name}/"))) {
+                dirs.push((e.path(), format!("{name}/")));
+                continue;
+            }
+            if !expected.contains(&name) {
+                return Err(bad(
+                    id,
+                    format!("it carries a file a base has not: {name:?}"),
+                ));
+            }
+            if !kind.is_file() {
+                return Err(bad(id, format!("{name} is not a regular file")));
+            }
+            found.push(name);
         }
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            return Err(bad(id, format!("{name} is not a regular file")));
-        }
-        found.push(name);
     }
-    if let Some(missing) = expected.iter().find(|n| !found.iter().any(|f| f == *n)) {
+    if let Some(missing) = expected.iter().find(|n| !found.contains(n)) {
         return Err(bad(id, format!("it lacks {missing}")));
     }
     let secrets = fs::read(dir.join(SECRETS)).ctx(|| "reading the pulled secrets")?;
     if serde_json::from_slice::<Secrets>(&secrets).is_err() {
         return Err(bad(id, format!("its {SECRETS} does not parse")));
     }
-    for name in files::ALL {
-        if !manifest.files.contains_key(*name) {
+    for name in &manifest.required_files() {
+        if !manifest.files.contains_key(name) {
             return Err(bad(id, format!("its manifest has no checksum of {name}")));
         }
     }
@@ -359,6 +371,24 @@ mod tests {
             vec![uploads.join("u.json")]
         );
         drop(lock);
+    }
+
+    #[test]
+    fn a_manifest_names_files_only_inside_the_base() {
+        for good in ["guest.ram", "tpm/tpm2-00.permall", "OVMF_VARS.fd"] {
+            assert!(safe_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "tpm/../../x",
+            "tpm//x",
+            "./x",
+            "a\\b",
+        ] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -630,6 +630,62 @@ fn standin_windows_first_boot_without_ssh_fails_with_125_and_keeps_console_and_s
     );
 }
 
+/// A bootstrap stopped midway (its future dropped, as Ctrl-C or a cancelled CI job stops
+/// it) while the install runs: nothing registered, no QEMU left, no half-made install or
+/// base directory left behind.
+#[test]
+fn standin_windows_bootstrap_stopped_midway_leaves_nothing() {
+    let _vm = vm_lock();
+    let home = dirs();
+    let before = store().list().map(|l| l.len()).unwrap_or(0);
+    let opts = options(profile("STANDIN-STOPPED", Duration::from_secs(1200)), None);
+    // What was there while it ran, so that what is gone afterwards means something.
+    let watcher = std::thread::spawn(|| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(18) {
+            if !processes_with("windows-install-").is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    let stopped = block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            bootstrap(&home, &opts, &Progress::quiet()),
+        )
+        .await
+    });
+    assert!(
+        stopped.is_err(),
+        "an install cannot end within 20 s: {stopped:?}"
+    );
+    assert!(watcher.join().unwrap(), "the install's QEMU never ran");
+    assert_eq!(
+        store().list().unwrap().len(),
+        before,
+        "a base was registered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = processes_with("windows-install-");
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_with("windows-install-");
+    }
+    assert!(left.is_empty(), "the install's QEMU was left: {left:?}");
+    for dir in [store().bases, home.images()] {
+        let half: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-") && n.contains("windows-install"))
+            .collect();
+        assert!(half.is_empty(), "left in {}: {half:?}", dir.display());
+    }
+}
+
 /// The failure directory that `msg` names and the files in it; the message names a console
 /// log and a screenshot there (the stage's VM; a first boot keeps the controller's log too).
 fn kept_in_failures(msg: &str) -> (PathBuf, Vec<String>) {

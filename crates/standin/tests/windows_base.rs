@@ -163,16 +163,7 @@ fn xp_base() -> &'static Base {
         ));
         let mut opts = options(profile, Some("standin-windows-xp"));
         opts.memory_mib = hw.memory_mib;
-        let started = Instant::now();
-        let base = block_on(bootstrap(&dirs(), &opts, &Progress::quiet()))
-            .unwrap_or_else(|e| panic!("bootstrapping the stand-in XP base failed: {e}"));
-        eprintln!(
-            "stand-in windows-xp base {} in {:.1} s; stages: {:?}",
-            &base.manifest.id[..12],
-            started.elapsed().as_secs_f64(),
-            base.manifest.timings
-        );
-        base
+        bootstrapped("windows-xp", &opts)
     })
 }
 
@@ -181,23 +172,29 @@ fn xp_base() -> &'static Base {
 fn tpm_base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| {
-        let started = Instant::now();
         let mut opts = options(
             profile_with("STANDIN-TPM", Duration::from_secs(1500), true),
             Some("standin-windows-tpm"),
         );
         opts.memory_mib = 4096;
         opts.cpus = 2;
-        let base = block_on(bootstrap(&dirs(), &opts, &Progress::quiet()))
-            .unwrap_or_else(|e| panic!("bootstrapping the stand-in UEFI + TPM base failed: {e}"));
-        eprintln!(
-            "stand-in windows UEFI + TPM base {} in {:.1} s; stages: {:?}",
-            &base.manifest.id[..12],
-            started.elapsed().as_secs_f64(),
-            base.manifest.timings
-        );
-        base
+        bootstrapped("windows UEFI + TPM", &opts)
     })
+}
+
+/// The stand-in base of `opts`, bootstrapped (or found in this file's home), and what it
+/// took.
+fn bootstrapped(what: &str, opts: &BootstrapOptions) -> Base {
+    let started = Instant::now();
+    let base = block_on(bootstrap(&dirs(), opts, &Progress::quiet()))
+        .unwrap_or_else(|e| panic!("bootstrapping the stand-in {what} base failed: {e}"));
+    eprintln!(
+        "stand-in {what} base {} in {:.1} s; stages: {:?}",
+        &base.manifest.id[..12],
+        started.elapsed().as_secs_f64(),
+        base.manifest.timings
+    );
+    base
 }
 
 struct RunResult {

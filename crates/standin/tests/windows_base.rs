@@ -54,18 +54,19 @@ fn store() -> Store {
 const PLACEHOLDER_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVudXNlZHVudXNlZHVudXNlZHVudXNlZHVudXNl unused";
 
-/// The `windows` profile on BIOS (q35, AHCI, e1000e, Windows 11 bypass keys) with the
-/// stand-in ISO and mirror; `computer_name` makes other install inputs.
+/// The `windows` profile on UEFI without a TPM (q35, AHCI, e1000e, OVMF without Secure
+/// Boot, Windows 11 bypass keys) with the stand-in ISO and mirror; `computer_name` makes
+/// other install inputs. (BIOS is the windows_bios tests'.)
 fn profile(computer_name: &str, install_timeout: Duration) -> Profile {
     profile_with(computer_name, install_timeout, false)
 }
 
-/// `tpm`: UEFI with Secure Boot (Microsoft's keys) and a TPM 2.0 from swtpm instead.
+/// `tpm`: Secure Boot (Microsoft's keys) and a TPM 2.0 from swtpm instead of the keys.
 fn profile_with(computer_name: &str, install_timeout: Duration, tpm: bool) -> Profile {
     let mut s = WindowsSettings::new(WinKind::Windows, Secret::new("unused"), PLACEHOLDER_KEY);
     s.computer_name = computer_name.into();
+    s.firmware = media::windows::Firmware::Uefi;
     if tpm {
-        s.firmware = media::windows::Firmware::Uefi;
         s.win11 = media::windows::Win11Requirements::RealTpmUefi;
     }
     let mirror =
@@ -299,6 +300,15 @@ fn standin_windows_bootstrap_makes_a_sealed_listed_verifiable_base_once() {
     );
     let guest = m.pair.guest.as_ref().expect("a firmware guest");
     assert!(guest.machine.starts_with("pc-q35-"), "{}", guest.machine);
+    assert!(
+        guest.uefi.as_ref().is_some_and(|u| !u.secure_boot) && !guest.tpm,
+        "OVMF without Secure Boot, no TPM: {guest:?}"
+    );
+    assert!(
+        m.files.contains_key(files::GUEST_VARS),
+        "{:?}",
+        m.files.keys()
+    );
     // The host key the controller trusted on first use is recorded for the revives.
     assert!(m.guest_host_key.starts_with("ssh-"), "{}", m.guest_host_key);
     for stage in ["install", "boot", "setup", "snapshot"] {

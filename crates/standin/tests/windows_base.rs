@@ -525,7 +525,7 @@ fn standin_windows_uefi_tpm_base_keeps_its_variables_and_tpm_state_and_revives()
     assert_eq!(r.stdout, "2\nC:\\cygwin\n");
     // The base's TPM state and variables are untouched by the run.
     assert!(store::verify(base).unwrap().is_empty());
-    let left = processes_with(&base.manifest.id);
+    let left = left_after_a_while(&base.manifest.id);
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -589,7 +589,7 @@ fn standin_windows_install_timeout_fails_with_125_and_keeps_console_and_screensh
         before,
         "a base was registered"
     );
-    let left = processes_with("windows-install-");
+    let left = left_after_a_while("windows-install-");
     assert!(
         left.is_empty(),
         "a QEMU or swtpm of the install was left: {left:?}"
@@ -630,7 +630,7 @@ fn standin_windows_first_boot_without_ssh_fails_with_125_and_keeps_console_and_s
         before,
         "a base was registered"
     );
-    let left = processes_with(&format!("{}/.tmp-", store().bases.display()));
+    let left = left_after_a_while(&format!("{}/.tmp-", store().bases.display()));
     assert!(
         left.is_empty(),
         "a QEMU of the first boot was left: {left:?}"
@@ -674,12 +674,7 @@ fn standin_windows_bootstrap_stopped_midway_leaves_nothing() {
         before,
         "a base was registered"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut left = processes_with("windows-install-");
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        left = processes_with("windows-install-");
-    }
+    let left = left_after_a_while("windows-install-");
     assert!(left.is_empty(), "the install's QEMU was left: {left:?}");
     for dir in [store().bases, home.images()] {
         let half: Vec<String> = std::fs::read_dir(&dir)
@@ -719,6 +714,18 @@ fn kept_in_failures(msg: &str) -> (PathBuf, Vec<String>) {
         );
     }
     (dir.clone(), names)
+}
+
+/// [`processes_with`] once they had up to 10 s to go: a failed stage SIGKILLs its QEMU and
+/// returns, and a QEMU of a few GiB takes a moment to be torn down.
+fn left_after_a_while(needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = processes_with(needle);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_with(needle);
+    }
+    left
 }
 
 /// Command lines of QEMU or swtpm processes that mention `needle`.

@@ -604,20 +604,26 @@ fn gc_removes(home: &Path, leftover: &Path) {
     assert!(!leftover.exists(), "gc left {}", leftover.display());
 }
 
-#[test]
-fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
-    let home = test_home();
-    // The default base first, so the run below revives it.
+/// `guestbox run -- sleep 300` in `home`, once its run has started (the default base made
+/// first, so that it revives): the process and its run directory's name.
+fn sleeping_run(home: &Path) -> (std::process::Child, String) {
     let o = guestbox().args(["run", "--", "true"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-    let mut child = guestbox()
+    let child = guestbox()
         .args(["run", "--", "sleep", "300"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (run_dir, _) = started_run(&home, child.id());
+    let (run_dir, _) = started_run(home, child.id());
     std::thread::sleep(Duration::from_secs(2));
+    (child, run_dir)
+}
+
+#[test]
+fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
+    let home = test_home();
+    let (mut child, run_dir) = sleeping_run(&home);
     kill_and_check_orphans(&mut child, "run");
     assert!(pids_matching(&run_dir).is_empty());
     gc_removes(&home, &home.join("runs").join(&run_dir));
@@ -635,16 +641,7 @@ fn sigkill_during_a_run_leaves_no_process_and_gc_cleans_up() {
 #[test]
 fn killall_guestbox_leaves_no_qemu() {
     let home = test_home();
-    let o = guestbox().args(["run", "--", "true"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-    let mut child = guestbox()
-        .args(["run", "--", "sleep", "300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (run_dir, _) = started_run(&home, child.id());
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut child, run_dir) = sleeping_run(&home);
     let mut ours = descendants(child.id() as i32);
     ours.push(child.id() as i32);
     let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();

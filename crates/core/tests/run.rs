@@ -388,16 +388,21 @@ async fn every_revive_has_its_own_randomness_unless_replay_is_asked_for() {
         assert_eq!(values.len(), 8, "{what}: {runs:?}");
     }
     // Replayed, the generator starts where the snapshot left it: the first draw after the
-    // revive is the snapshot's, bit for bit. Later draws are the snapshot's too unless
-    // something in the kernel drew in between at a moment set by timing (network timers
-    // under a loaded host shift the order): seen on the first runs after a bootstrap,
-    // while the host was still writing the base back, so only the first is compared.
-    let first = randomness(true).await;
-    for _ in 0..2 {
-        assert_eq!(randomness(true).await[0], first[0], "replay differs");
+    // revive is the snapshot's, bit for bit, unless something in the kernel drew before it
+    // at a moment set by timing (the option's help says so): seen once in a loaded CI run,
+    // one replay of three apart; which draw moved is not known (a TCP retransmission,
+    // which rehashes its socket with a random number, would do it). So four replays, and
+    // the snapshot's draw is the one at least two agree on; unreplayed, no two would.
+    let mut replays: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        replays.push(randomness(true).await.swap_remove(0));
     }
+    let agreed = replays
+        .iter()
+        .find(|r| replays.iter().filter(|o| o == r).count() >= 2)
+        .unwrap_or_else(|| panic!("no two replays drew the same: {replays:?}"));
     assert!(
-        runs.iter().all(|r| r[0] != first[0]),
-        "a fresh revive drew the snapshot's numbers: {first:?} in {runs:?}"
+        runs.iter().all(|r| &r[0] != agreed),
+        "a fresh revive drew the snapshot's numbers: {agreed} in {runs:?}"
     );
 }

@@ -602,10 +602,17 @@ impl Ctx<'_> {
     }
 }
 
-/// Decompresses the zstd frame in `blob` into `dest` at `offset`: exactly `length` bytes,
+/// Decompresses the zstd frames in `blob` into `dest` at `offset`: exactly `length` bytes,
 /// zero blocks skipped so the file stays sparse where the original was zero.
-fn unpack(blob: &Path, dest: &Path, offset: u64, length: u64, what: &str) -> Result<()> {
-    let input = File::open(blob).at("opening", blob)?;
+///
+/// Frame by frame, each in one call into a buffer of its stated size (a push writes the
+/// size into every frame): zstd's streaming decoder, fed and drained in 1 MiB pieces,
+/// copies every byte once more through its own window, and took 1.5x the CPU for the
+/// disks of the default base here (1.68 against 1.10 CPU-s for both qcow2 files). A
+/// frame's size is checked against what is left of the part before anything is
+/// allocated for it; a part in flight holds one frame in and one out (~65 MiB).
+pub(crate) fn unpack(blob: &Path, dest: &Path, offset: u64, length: u64, what: &str) -> Result<()> {
+    let mut input = File::open(blob).at("opening", blob)?;
     let out = OpenOptions::new()
         .write(true)
         .open(dest)
@@ -614,59 +621,114 @@ fn unpack(blob: &Path, dest: &Path, offset: u64, length: u64, what: &str) -> Res
         what: format!("decompressing {what}"),
         source,
     };
-    let mut dec = zstd::stream::read::Decoder::new(input).map_err(zerr)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let zero = [0u8; SPARSE_BLOCK];
+    let bad = |reason: String| Error::Manifest {
+        reference: what.to_string(),
+        reason,
+    };
+    let mut dec = zstd::bulk::Decompressor::new().map_err(zerr)?;
+    // Compressed bytes read but not yet decoded: `pending[start..]`.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut start = 0;
+    let mut eof = false;
+    let mut frame_out: Vec<u8> = Vec::new();
     let mut pos = 0u64;
     loop {
-        // Fill the buffer whole, so blocks stay aligned to SPARSE_BLOCK.
-        let mut n = 0;
-        while n < buf.len() {
-            let k = dec.read(&mut buf[n..]).map_err(zerr)?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        if n == 0 {
-            break;
-        }
-        if pos + n as u64 > length {
-            return Err(Error::Manifest {
-                reference: what.to_string(),
-                reason: format!("the part unpacks to more than its {length} bytes"),
-            });
-        }
-        let mut i = 0;
-        while i < n {
-            let end = (i + SPARSE_BLOCK).min(n);
-            if buf[i..end] == zero[..end - i] {
-                i = end;
-                continue;
-            }
-            // A run of non-zero blocks, written at once.
-            let mut j = end;
-            while j < n {
-                let e = (j + SPARSE_BLOCK).min(n);
-                if buf[j..e] == zero[..e - j] {
+        let avail = &pending[start..];
+        let whole = zstd::zstd_safe::find_frame_compressed_size(avail)
+            .ok()
+            .filter(|&n| n <= avail.len());
+        let Some(n) = whole else {
+            if eof {
+                if avail.is_empty() {
                     break;
                 }
-                j = e;
+                return Err(bad(format!(
+                    "its last {} bytes are not a whole zstd frame",
+                    avail.len()
+                )));
             }
-            out.write_all_at(&buf[i..j], offset + pos + i as u64)
-                .at("writing", dest)?;
-            i = j;
+            // Read more: at least a frame's worth (a push's frames hold 32 MiB).
+            pending.drain(..start);
+            start = 0;
+            let have = pending.len();
+            let want = (have * 2).max(crate::push::FRAME_INPUT + (1 << 20));
+            pending.resize(want, 0);
+            let mut got = have;
+            while got < want {
+                let k = input.read(&mut pending[got..]).at("reading", blob)?;
+                if k == 0 {
+                    eof = true;
+                    break;
+                }
+                got += k;
+            }
+            pending.truncate(got);
+            continue;
+        };
+        let frame = &avail[..n];
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) => size,
+            _ => return Err(bad("a zstd frame of it does not say its size".into())),
+        };
+        if size > length - pos {
+            return Err(bad(format!(
+                "the part unpacks to more than its {length} bytes"
+            )));
         }
-        pos += n as u64;
-        if n < buf.len() {
-            break;
+        // A frame that is, byte for byte, what a push makes of `size` zeros at the default
+        // level (a RAM file's untouched memory) is a hole already: nothing to decode or
+        // write. Only frames that small are compared (a zero frame is ~1/30 000 of its
+        // content), so data frames never pay for making the reference.
+        let zeros = n as u64 * 1000 < size
+            && crate::push::zeros_frame(crate::push::DEFAULT_ZSTD_LEVEL, size as usize)
+                .is_ok_and(|z| z[..] == *frame);
+        if !zeros {
+            frame_out.clear();
+            frame_out.reserve(size as usize);
+            let got = dec
+                .decompress_to_buffer(frame, &mut frame_out)
+                .map_err(zerr)?;
+            if got as u64 != size {
+                return Err(bad(format!(
+                    "a zstd frame of it unpacks to {got} bytes, not the {size} it says"
+                )));
+            }
+            write_sparse(&out, &frame_out, offset + pos).at("writing", dest)?;
         }
+        pos += size;
+        start += n;
     }
     if pos != length {
-        return Err(Error::Manifest {
-            reference: what.to_string(),
-            reason: format!("the part unpacks to {pos} bytes, not {length}"),
-        });
+        return Err(bad(format!(
+            "the part unpacks to {pos} bytes, not {length}"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `buf` at `at`, leaving its zero blocks ([`SPARSE_BLOCK`]) unwritten: holes.
+fn write_sparse(out: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    static ZERO: [u8; SPARSE_BLOCK] = [0u8; SPARSE_BLOCK];
+    let zero = |b: &[u8]| b == &ZERO[..b.len()];
+    let n = buf.len();
+    let mut i = 0;
+    while i < n {
+        let end = (i + SPARSE_BLOCK).min(n);
+        if zero(&buf[i..end]) {
+            i = end;
+            continue;
+        }
+        // A run of non-zero blocks, written at once.
+        let mut j = end;
+        while j < n {
+            let e = (j + SPARSE_BLOCK).min(n);
+            if zero(&buf[j..e]) {
+                break;
+            }
+            j = e;
+        }
+        out.write_all_at(&buf[i..j], at + i as u64)?;
+        i = j;
     }
     Ok(())
 }
@@ -720,5 +782,24 @@ mod tests {
         assert!(err.to_string().contains("more than"), "{err}");
         let err = unpack(&blob, &dest, 0, 9 << 20, "t").unwrap_err();
         assert!(err.to_string().contains("not"), "{err}");
+        // A cut blob, and a frame that does not say its size, are refused.
+        let whole = fs::read(&blob).unwrap();
+        fs::write(&blob, &whole[..whole.len() - 3]).unwrap();
+        let err = unpack(&blob, &dest, 0, data.len() as u64, "t").unwrap_err();
+        assert!(err.to_string().contains("not a whole zstd frame"), "{err}");
+        let mut comp = zstd::bulk::Compressor::new(3).unwrap();
+        comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
+            .unwrap();
+        fs::write(&blob, comp.compress(&data).unwrap()).unwrap();
+        let err = unpack(&blob, &dest, 0, data.len() as u64, "t").unwrap_err();
+        assert!(err.to_string().contains("does not say its size"), "{err}");
+        // Zeros compressed at another level are not the frame a push makes: decoded.
+        let zeros = vec![0u8; 4 << 20];
+        let z1 = zstd::bulk::compress(&zeros, 1).unwrap();
+        fs::write(&blob, &z1).unwrap();
+        let dest3 = dir.path().join("dest3");
+        File::create(&dest3).unwrap().set_len(4 << 20).unwrap();
+        unpack(&blob, &dest3, 0, 4 << 20, "t").unwrap();
+        assert_eq!(fs::read(&dest3).unwrap(), zeros);
     }
 }

@@ -350,6 +350,14 @@ fn zero_frame(
     Ok(frame)
 }
 
+/// The frame a push makes of `n` zeros at `level` (made once per process): a pull that
+/// finds it knows the frame's content without decoding it.
+pub(crate) fn zeros_frame(level: i32, n: usize) -> std::io::Result<Arc<Vec<u8>>> {
+    let mut comp = zstd::bulk::Compressor::new(level)?;
+    comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    zero_frame(&mut comp, level, n)
+}
+
 /// Compresses `length` bytes at `offset` of `path` into zstd frames of [`FRAME_INPUT`]
 /// bytes each (the decoder reads them as one stream).
 pub fn compress_part(path: &Path, offset: u64, length: u64, level: i32) -> Result<Vec<u8>> {

@@ -202,21 +202,23 @@ struct Revived {
 }
 
 async fn revive_many(dirs: &Dirs, base: &Base, count: usize) -> Result<Revived> {
-    revive_many_as(dirs, base, count, false).await
+    revive_many_as(dirs, base, count, false, &[]).await
 }
 
 /// [`revive_many`], `unconfined`: without the QEMUs' sandbox and user change (to measure
-/// what they cost).
+/// what they cost), with `volumes` shared.
 async fn revive_many_as(
     dirs: &Dirs,
     base: &Base,
     count: usize,
     unconfined: bool,
+    volumes: &[Volume],
 ) -> Result<Revived> {
     let store = Store::new(dirs);
     let opts = SessionOptions {
         boot_timeout: Duration::from_secs(60),
         unconfined,
+        volumes: volumes.to_vec(),
         ..SessionOptions::default()
     };
     let ours = own_cpu();
@@ -250,16 +252,21 @@ struct Cost {
     cpu: [f64; 2],
 }
 
-/// Revives `base` `rounds` times confined and `rounds` times not, the order alternating
-/// from round to round: one kind always right after the other would pay for it (the
-/// other's teardown, caches) and load drifts alike over both.
-async fn confinement_cost(dirs: &Dirs, base: &Base, rounds: usize) -> Result<Cost> {
+/// Revives `base` `rounds` times confined and `rounds` times not, `volumes` shared, the
+/// order alternating from round to round: one kind always right after the other would pay
+/// for it (the other's teardown, caches) and load drifts alike over both.
+async fn confinement_cost(
+    dirs: &Dirs,
+    base: &Base,
+    rounds: usize,
+    volumes: &[Volume],
+) -> Result<Cost> {
     let mut wall = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
     for i in 0..rounds {
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         for kind in order {
-            let r = revive_many_as(dirs, base, 1, kind == 1).await?;
+            let r = revive_many_as(dirs, base, 1, kind == 1, volumes).await?;
             wall[kind].push(secs(r.wall));
             cpu[kind].push(r.cpu.iter().sum::<f64>());
         }
@@ -270,6 +277,20 @@ async fn confinement_cost(dirs: &Dirs, base: &Base, rounds: usize) -> Result<Cos
         wall: [median(w0), median(w1)],
         cpu: [median(c0), median(c1)],
     })
+}
+
+impl Cost {
+    fn text(&self) -> String {
+        format!(
+            "{:+.1} ms wall ({:.3} vs {:.3} s), {:+.1} ms CPU ({:.3} vs {:.3} CPU-s)",
+            (self.wall[0] - self.wall[1]) * 1e3,
+            self.wall[0],
+            self.wall[1],
+            (self.cpu[0] - self.cpu[1]) * 1e3,
+            self.cpu[0],
+            self.cpu[1],
+        )
+    }
 }
 
 /// Seconds `guestbox run --base ID -- true` takes as a separate process: what a user sees,
@@ -819,7 +840,20 @@ async fn revive_rows(
     let step = progress.step(format!(
         "what confinement costs: {rounds} revives with it and {rounds} without, alternating"
     ));
-    let cost = confinement_cost(dirs, small, rounds).await?;
+    let cost = confinement_cost(dirs, small, rounds, &[]).await?;
+    step.done();
+    // A directory of guestbox's own user shared: as root, root's, which the controller's
+    // QEMU serves as root of a user namespace (descriptors and idmapped views).
+    let step = progress.step(format!(
+        "the same with a directory of guestbox's user shared: {rounds} and {rounds}"
+    ));
+    let shared = tempfile::tempdir().ctx(|| "creating a directory to share")?;
+    let volume = Volume {
+        host: shared.path().to_path_buf(),
+        guest: "/shared".into(),
+        readonly: false,
+    };
+    let cost_shared = confinement_cost(dirs, small, rounds, &[volume]).await?;
     step.done();
     let step = progress.step(format!("4 parallel revives, {n} times"));
     let mut par4 = Vec::new();
@@ -876,15 +910,13 @@ async fn revive_rows(
     rows.push(Row::text(
         "confinement_cost",
         "  confinement (seccomp, no root), per revive",
-        format!(
-            "{:+.1} ms wall ({:.3} vs {:.3} s), {:+.1} ms CPU ({:.3} vs {:.3} CPU-s)",
-            (cost.wall[0] - cost.wall[1]) * 1e3,
-            cost.wall[0],
-            cost.wall[1],
-            (cost.cpu[0] - cost.cpu[1]) * 1e3,
-            cost.cpu[0],
-            cost.cpu[1],
-        ),
+        cost.text(),
+        "a few ms",
+    ));
+    rows.push(Row::text(
+        "confinement_cost_shared",
+        "  the same, sharing a directory of guestbox's user (as root: namespaced controller)",
+        cost_shared.text(),
         "a few ms",
     ));
     // Where a revive's CPU goes: on a host with few cores this, not waiting, bounds how

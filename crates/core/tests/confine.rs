@@ -229,6 +229,101 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
     assert!(!Path::new(&run_dir).exists(), "the run directory stayed");
 }
 
+/// As root, directories of root and of another user (which no one user can serve) are
+/// served by a controller QEMU that is root only in a user namespace: to the host it is the
+/// QEMU user's first subordinate uid, sandboxed, with no groups; the guest sees the files'
+/// true owners, what the job makes is root's on the host, a chown lands as asked, a
+/// read-only share refuses writes, and QEMU reaches nothing by its plain paths. (Without
+/// root there is no such case: the controller runs as the user, checked above.)
+#[tokio::test]
+async fn root_owned_shares_are_served_by_a_namespaced_qemu_with_true_owners() {
+    if !running_as_root() {
+        return;
+    }
+    let qemu_user = Ids::of_user(QEMU_USER).expect("the QEMU user exists (scripts/setup)");
+    let sub = guestbox::machine::confine::SubIds::of_user(QEMU_USER, qemu_user.uid)
+        .expect("scripts/setup gives the QEMU user subordinate ids");
+    let store = common::store();
+    let base = common::base();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("roots"), "r\n").unwrap();
+    std::fs::write(src.path().join("users"), "u\n").unwrap();
+    let user = share_owner();
+    guestbox::host::users::chown(&src.path().join("users"), user).unwrap();
+    let opts = SessionOptions {
+        volumes: vec![
+            Volume {
+                host: src.path().into(),
+                guest: "/src".into(),
+                readonly: true,
+            },
+            Volume {
+                host: out.path().into(),
+                guest: "/out".into(),
+                readonly: false,
+            },
+        ],
+        boot_timeout: Duration::from_secs(300),
+        ..SessionOptions::default()
+    };
+    let mut session = Session::revive(&store, base, &opts).await.unwrap();
+    let (_, c) = session.pids();
+    let c = c.unwrap();
+    let (cuid, csec, cnnp) = status_of(c);
+    assert_eq!((cuid, csec, cnnp), (sub.uid, 2, 1), "controller QEMU");
+    let status = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap();
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(line("Groups:").split_whitespace().count(), 1, "{status}");
+    assert!(line("Gid:").contains(&sub.gid.to_string()), "{status}");
+    // Every path on its command line is a descriptor it was handed.
+    let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains(&*store.bases.to_string_lossy())
+            && !cmdline.contains(&*store.runs.to_string_lossy()),
+        "a path into GUESTBOX_HOME: {cmdline}"
+    );
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut streams = Streams {
+        stdin: None,
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        window: None,
+    };
+    let user_ids = format!("{}:{}", user.uid, user.gid);
+    let script = format!(
+        "stat -c '%n %u:%g' /src/roots /src/users; echo made > /out/made; mkdir /out/d; \
+         echo c > /out/given; chown 1234:4321 /out/given; \
+         if echo no > /src/refused 2>/dev/null; then echo wrote; fi; \
+         test \"$(stat -c %u:%g /src/users)\" = {user_ids}"
+    );
+    let command = guestbox::run::Command {
+        argv: vec!["sh".into(), "-c".into(), script],
+        ..guestbox::run::Command::default()
+    };
+    let outcome = session.exec(&command, &mut streams).await.unwrap();
+    session.discard().await;
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(outcome.exit_code, 0, "stderr {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        format!("/src/roots 0:0\n/src/users {user_ids}\n")
+    );
+    for (name, owner) in [("made", (0, 0)), ("d", (0, 0)), ("given", (1234, 4321))] {
+        let md = std::fs::metadata(out.path().join(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), owner, "{name}");
+    }
+    assert!(!src.path().join("refused").exists());
+}
+
 /// swtpm, as a guestbox that starts it hands it its socket and log: under its seccomp
 /// profile, as root no longer root, and serving the socket QEMU connects to by path.
 #[tokio::test]
@@ -282,7 +377,11 @@ async fn swtpm_handed_its_socket_is_sandboxed_and_serves() {
         &dir.path().join("swtpm.stderr"),
         &[listener.as_raw_fd(), log.as_raw_fd(), state_dir.as_raw_fd()],
         None,
-        runas.is_some(),
+        if runas.is_some() {
+            guestbox::host::process::Identity::ChangesItself
+        } else {
+            guestbox::host::process::Identity::Same
+        },
     )
     .unwrap();
     // CMD_GET_CAPABILITY on the control channel: a 4-byte result (0: success) and the

@@ -86,6 +86,25 @@ fn keep_with_guestbox(guestbox: libc::pid_t) -> std::io::Result<()> {
     }
 }
 
+/// Who a child is once it runs, as far as its supervision goes.
+#[derive(Debug, Clone, Default)]
+pub enum Identity {
+    /// guestbox's own user, or whoever the program makes itself without help.
+    #[default]
+    Same,
+    /// The program leaves root by itself (QEMU's `-runas`), which clears its
+    /// PR_SET_PDEATHSIG: a keeper then kills it when guestbox dies ([`keep_with_guestbox`]).
+    ChangesItself,
+    /// The child becomes, before it runs the program, root of the user namespace `ns`
+    /// (an unprivileged uid to the host), keeping `groups` as its supplementary groups
+    /// ([`crate::host::idmap::UserNamespace::enter_as_root`]); its parent-death signal is set again
+    /// after the change.
+    Namespace {
+        ns: std::os::fd::RawFd,
+        groups: Vec<libc::gid_t>,
+    },
+}
+
 /// A running child in its own process group; the whole group is SIGKILLed on drop.
 #[derive(Debug)]
 pub struct Supervised {
@@ -118,13 +137,11 @@ impl Supervised {
         cwd: Option<&Path>,
     ) -> Result<Self> {
         let fds: Vec<std::os::fd::RawFd> = inherit.into_iter().collect();
-        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd, false)
+        Self::spawn_inheriting(name, program, args, stderr_path, &fds, cwd, Identity::Same)
     }
 
     /// Like [`Self::spawn`], and the child keeps each descriptor of `inherit` at the same
-    /// number and starts in `cwd`. `changes_user`: the program leaves root by itself
-    /// (QEMU's `-runas`), which clears its PR_SET_PDEATHSIG; a keeper then kills it when
-    /// guestbox dies (see [`keep_with_guestbox`]).
+    /// number, starts in `cwd` and runs as `identity` says.
     pub fn spawn_inheriting(
         name: &str,
         program: &Path,
@@ -132,7 +149,7 @@ impl Supervised {
         stderr_path: &Path,
         inherit: &[std::os::fd::RawFd],
         cwd: Option<&Path>,
-        changes_user: bool,
+        identity: Identity,
     ) -> Result<Self> {
         let stderr =
             File::create(stderr_path).ctx(|| format!("creating {}", stderr_path.display()))?;
@@ -161,12 +178,27 @@ impl Supervised {
                 });
             }
         }
-        if changes_user {
-            let guestbox = std::process::id() as libc::pid_t;
+        let guestbox = std::process::id() as libc::pid_t;
+        match identity {
+            Identity::Same => {}
             // SAFETY: keep_with_guestbox makes only async-signal-safe calls.
-            unsafe {
+            Identity::ChangesItself => unsafe {
                 std_cmd.pre_exec(move || keep_with_guestbox(guestbox));
-            }
+            },
+            // SAFETY: enter_as_root, prctl, getppid and _exit are async-signal-safe; the
+            // child of a fork is single-threaded.
+            Identity::Namespace { ns, groups } => unsafe {
+                std_cmd.pre_exec(move || {
+                    crate::host::idmap::UserNamespace::enter_as_root(ns, &groups)?;
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != guestbox {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            },
         }
         let mut cmd = Command::from(std_cmd);
         cmd.kill_on_drop(true);

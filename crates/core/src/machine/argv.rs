@@ -432,6 +432,7 @@ mod tests {
                 option: super::super::confine::DropOption::Runas,
                 chroot: None,
             }),
+            namespace: None,
             off: false,
         };
         let argv = s.argv().unwrap();

@@ -9,7 +9,11 @@
 //! 2. **No root**: when guestbox runs as root, each QEMU opens what it needs as root and
 //!    then becomes an unprivileged user ([`RunAs`]): the guest's QEMU the system user
 //!    [`QEMU_USER`], the controller's QEMU the owner of the directories it serves
-//!    ([`Policy::serving`]). Without root, QEMU simply runs as guestbox's user.
+//!    ([`Policy::serving`]). Directories of root (or of several users) have no one owner to
+//!    become: that controller's QEMU starts as root of a user namespace of its own instead
+//!    ([`SubIds`], [`super::namespace`]), one of the QEMU user's subordinate ids to the
+//!    host, and is served the directories through idmapped views in which their owners
+//!    keep their ids. Without root, QEMU simply runs as guestbox's user.
 //!
 //! Why the sandbox drops `elevateprivileges=deny` when QEMU changes user: QEMU installs
 //! its seccomp filter early (while parsing options) but changes its ids late (after the
@@ -31,6 +35,10 @@ use crate::{Error, Result};
 pub const QEMU_USER: &str = "guestbox-qemu";
 /// Names another account for that (its uid must not be 0).
 pub const QEMU_USER_ENV: &str = "GUESTBOX_QEMU_USER";
+
+/// Ids a namespaced QEMU has (inside 0..NAMESPACE_IDS): Debian's system users and groups
+/// go up to 65534 (nobody, nogroup), so a guest's files keep their owners.
+pub const NAMESPACE_IDS: u32 = 65536;
 
 /// The seccomp groups QEMU runs under.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -78,11 +86,51 @@ pub struct RunAs {
     pub chroot: Option<PathBuf>,
 }
 
-/// How one QEMU is confined. The default (no [`RunAs`]) is the full sandbox, QEMU keeping
-/// the user it was started as.
+/// The first of [`NAMESPACE_IDS`] subordinate uids and gids of the QEMU user
+/// (`/etc/subuid`, `/etc/subgid`; `scripts/setup` adds them): what a namespaced QEMU's ids
+/// 0.. are to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SubIds {
+    /// The QEMU user's ranges, if both files give it one of at least [`NAMESPACE_IDS`].
+    pub fn of_user(name: &str, uid: u32) -> Option<SubIds> {
+        let find = |file: &str| {
+            let text = std::fs::read_to_string(file).ok()?;
+            first_range(&text, name, uid)
+        };
+        Some(SubIds {
+            uid: find("/etc/subuid")?,
+            gid: find("/etc/subgid")?,
+        })
+    }
+}
+
+/// The start of the first `NAME:START:COUNT` line (or `UID:...`) with COUNT large enough.
+fn first_range(text: &str, name: &str, uid: u32) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        let start: u32 = start.parse().ok()?;
+        let count: u32 = count.parse().ok()?;
+        let me = who == name || who.parse::<u32>().ok() == Some(uid);
+        (me && count >= NAMESPACE_IDS && start > 0 && start.checked_add(count).is_some())
+            .then_some(start)
+    })
+}
+
+/// How one QEMU is confined. The default (no [`RunAs`], no namespace) is the full sandbox,
+/// QEMU keeping the user it was started as.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Confinement {
     pub run_as: Option<RunAs>,
+    /// Started as root of a user namespace over these subordinate ids (root only; never
+    /// with `run_as`): see [`super::namespace`].
+    #[serde(default)]
+    pub namespace: Option<SubIds>,
     /// For measurements only (`guestbox bench`): no sandbox and no user change.
     #[serde(default)]
     pub off: bool,
@@ -160,6 +208,8 @@ pub struct Policy {
     drop: Option<(Ids, DropOption)>,
     /// As root: that user's name.
     user: Option<String>,
+    /// As root: that user's subordinate ids, if it has them.
+    sub: Option<SubIds>,
 }
 
 impl Policy {
@@ -177,6 +227,7 @@ impl Policy {
         Policy {
             drop: None,
             user: None,
+            sub: None,
         }
     }
 
@@ -206,6 +257,7 @@ impl Policy {
         }
         Ok(Policy {
             drop: Some((ids, DropOption::for_qemu(version))),
+            sub: SubIds::of_user(&name, ids.uid),
             user: Some(name),
         })
     }
@@ -219,6 +271,7 @@ impl Policy {
                 option,
                 chroot: None,
             }),
+            namespace: None,
             off: false,
         }
     }
@@ -227,8 +280,9 @@ impl Policy {
     /// over 9p. As root, its QEMU becomes their owner, so that the files a job creates in
     /// them belong to whoever owns the directory (the user who ran `sudo guestbox`, a CI
     /// build user) and QEMU can reach nothing that user cannot. If they belong to root,
-    /// or to several users, there is no one user that can serve them all: QEMU then stays
-    /// root, under the full sandbox (elevateprivileges denied too). No directories: as
+    /// or to several users, there is no one user that can serve them all: QEMU then starts
+    /// as root of a user namespace over the QEMU user's subordinate ids ([`SubIds`]), and
+    /// the files keep their owners through idmapped views. No directories: as
     /// [`Self::plain`].
     ///
     /// THE place where the 9p ownership model is decided (with `security_model=none` in
@@ -255,14 +309,31 @@ impl Policy {
                     option,
                     chroot: None,
                 }),
+                namespace: None,
                 off: false,
             },
             _ => {
+                let name = self.user.as_deref().unwrap_or(QEMU_USER);
+                let sub = self.sub.ok_or_else(|| {
+                    Error::Usage(format!(
+                        "the shared directories belong to root or to several users, so the \
+                         controller's QEMU serves them as root of a user namespace mapped onto \
+                         {NAMESPACE_IDS} subordinate ids of {name}, and {name} has none in \
+                         /etc/subuid and /etc/subgid: run scripts/setup (it adds them: \
+                         `usermod --add-subuids N-M --add-subgids N-M {name}`), or share \
+                         directories that one unprivileged user owns"
+                    ))
+                })?;
                 tracing::info!(
                     "the shared directories belong to root or to several users: the controller's \
-                     QEMU stays root (under the full seccomp sandbox)"
+                     QEMU runs as root of a user namespace (uid {} to the host)",
+                    sub.uid
                 );
-                Confinement::default()
+                Confinement {
+                    run_as: None,
+                    namespace: Some(sub),
+                    off: false,
+                }
             }
         })
     }
@@ -276,6 +347,10 @@ mod tests {
         Policy {
             drop: Some((Ids { uid: 990, gid: 990 }, DropOption::for_qemu(version))),
             user: Some("test-qemu".into()),
+            sub: Some(SubIds {
+                uid: 300_000,
+                gid: 400_000,
+            }),
         }
     }
 
@@ -332,6 +407,16 @@ mod tests {
     }
 
     #[test]
+    fn subordinate_ranges_are_read_by_name_or_uid_and_must_be_large_enough() {
+        let text = "other:100000:65536\nguestbox-qemu:200000:1000\n\
+                    guestbox-qemu:231072:65536\n999:500000:65536\n";
+        assert_eq!(first_range(text, "guestbox-qemu", 999), Some(231072));
+        assert_eq!(first_range("999:500000:70000\n", "q", 999), Some(500000));
+        assert_eq!(first_range(text, "nobody-here", 4), None);
+        assert_eq!(first_range("q:0:65536\nq:x:65536\n", "q", 1), None);
+    }
+
+    #[test]
     fn the_controller_becomes_the_one_owner_of_its_directories() {
         let root = policy_root((7, 2, 0));
         let me = Ids::current();
@@ -340,8 +425,25 @@ mod tests {
         let dirs = vec![a.path().to_path_buf(), b.path().to_path_buf()];
         let c = root.serving(&dirs).unwrap();
         if me.is_root() {
-            // Root's own directories: nobody else can serve them.
-            assert_eq!(c, Confinement::default());
+            // Root's own directories: nobody else can serve them; a namespaced QEMU does.
+            let namespaced = Confinement {
+                namespace: Some(SubIds {
+                    uid: 300_000,
+                    gid: 400_000,
+                }),
+                ..Confinement::default()
+            };
+            assert_eq!(c, namespaced);
+            assert_eq!(c.writer(), None);
+            assert_eq!(c.argv(), Confinement::default().argv());
+            // Without subordinate ids that is a configuration error naming the fix.
+            let mut bare = root.clone();
+            bare.sub = None;
+            let e = bare.serving(&dirs).unwrap_err().to_string();
+            assert!(
+                e.contains("/etc/subuid") && e.contains("scripts/setup"),
+                "{e}"
+            );
             // Given to one user, both: that user.
             let user = Ids {
                 uid: 4242,
@@ -351,9 +453,9 @@ mod tests {
                 crate::host::users::chown(d, user).unwrap();
             }
             assert_eq!(root.serving(&dirs).unwrap().writer(), Some(user));
-            // Two owners: stays root.
+            // Two owners: namespaced too.
             crate::host::users::chown(&dirs[1], Ids { uid: 4244, gid: 1 }).unwrap();
-            assert_eq!(root.serving(&dirs).unwrap(), Confinement::default());
+            assert_eq!(root.serving(&dirs).unwrap(), namespaced);
         } else {
             assert_eq!(c.writer(), Some(me));
         }

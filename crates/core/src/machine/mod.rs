@@ -8,6 +8,7 @@
 pub mod accel;
 pub mod argv;
 pub mod confine;
+pub mod namespace;
 pub mod overlay;
 pub mod qemu;
 pub mod snapshot;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::argv::value;
 use super::confine::Confinement;
 use super::spec::Tpm;
-use crate::host::process::{tail_of_file, Supervised};
+use crate::host::process::{tail_of_file, Identity, Supervised};
 use crate::host::programs::{self, Program};
 use crate::host::users;
 use crate::{Error, IoContext, Result};
@@ -180,7 +180,11 @@ pub async fn start(tpm: &Tpm, cwd: Option<&Path>, confinement: &Confinement) -> 
         Path::new(&stderr),
         &inherit,
         cwd,
-        handles.runas.is_some(),
+        if handles.runas.is_some() {
+            Identity::ChangesItself
+        } else {
+            Identity::Same
+        },
     )?;
     // swtpm has its copies.
     drop((listener, log_file, state_dir));

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::spec::{Descriptor, DriveInterface, DriveSlot, OpenedDrive};
 use super::VmSpec;
-use crate::host::process::{tail_of_file, Supervised};
+use crate::host::process::{tail_of_file, Identity, Supervised};
 use crate::{Error, IoContext, Result};
 
 /// A running QEMU machine. Dropping it kills QEMU (and its swtpm).
@@ -26,7 +26,16 @@ impl Vm {
     /// and handed over as descriptors ([`OpenedDrive`]).
     pub async fn start(qemu: &Path, spec: VmSpec) -> Result<Self> {
         let opened = open_drives(&spec)?;
-        let argv = spec.argv_opened(&opened)?;
+        // A namespaced QEMU gets every path as a descriptor (its spec for the command
+        // line only: guestbox keeps naming the files by their paths).
+        let namespaced = match (&spec.confinement.namespace, spec.confinement.off) {
+            (Some(sub), false) => Some(super::namespace::prepare(&spec, *sub)?),
+            _ => None,
+        };
+        let argv = namespaced
+            .as_ref()
+            .map_or(&spec, |n| &n.spec)
+            .argv_opened(&opened)?;
         tracing::debug!(vm = %spec.name, ?argv, "qemu command line");
         let stderr = stderr_path(&spec.console_log);
         let stderr = match &spec.cwd {
@@ -37,7 +46,16 @@ impl Vm {
         for o in &opened {
             inherit.extend([o.read_write.fd(), o.read_only.fd()]);
         }
-        let changes_user = spec.confinement.run_as.is_some() && !spec.confinement.off;
+        let identity = match &namespaced {
+            Some(n) => {
+                inherit.extend(n.inherited_fds());
+                n.identity()
+            }
+            None if spec.confinement.run_as.is_some() && !spec.confinement.off => {
+                Identity::ChangesItself
+            }
+            None => Identity::Same,
+        };
         let tpm = match &spec.platform.tpm {
             Some(t) => Some(super::tpm::start(t, spec.cwd.as_deref(), &spec.confinement).await?),
             None => None,
@@ -49,10 +67,10 @@ impl Vm {
             &stderr,
             &inherit,
             spec.cwd.as_deref(),
-            changes_user,
+            identity,
         )?;
         // QEMU has its copies now.
-        drop(opened);
+        drop((opened, namespaced));
         Ok(Self {
             spec,
             process,

@@ -103,7 +103,8 @@ pub fn prepare(spec: &VmSpec, sub: SubIds) -> Result<Prepared> {
     };
     let sub_dir = format!("{name}-sockets");
     let sockets = short.real().join(&sub_dir);
-    std::fs::create_dir(&sockets).ctx(|| format!("creating {}", sockets.display()))?;
+    // (Made again if this VM is started again in the same directory.)
+    std::fs::create_dir_all(&sockets).ctx(|| format!("creating {}", sockets.display()))?;
     let dir = hand(&mut p.held, view(&p.ns, &sockets, false)?);
     let mut moved = vec![&mut s.qmp_socket];
     moved.extend(s.ports.iter_mut().map(|port| &mut port.socket));
@@ -113,6 +114,9 @@ pub fn prepare(spec: &VmSpec, sub: SubIds) -> Result<Prepared> {
         };
         let usual = short.real_path(socket);
         let target = Path::new(&sub_dir).join(&file);
+        if usual.is_symlink() {
+            let _ = std::fs::remove_file(&usual);
+        }
         std::os::unix::fs::symlink(&target, &usual)
             .ctx(|| format!("linking {} to {}", usual.display(), target.display()))?;
         *socket = dir.join(&file);

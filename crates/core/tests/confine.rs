@@ -61,6 +61,20 @@ fn run_dir_of(pid: u32) -> std::path::PathBuf {
     Path::new(&console).parent().unwrap().to_path_buf()
 }
 
+/// A revive that shares `src` read-only at /src and `out` writable at /out.
+fn src_and_out(src: &Path, out: &Path) -> SessionOptions {
+    let volume = |host: &Path, guest: &str, readonly| Volume {
+        host: host.into(),
+        guest: guest.into(),
+        readonly,
+    };
+    SessionOptions {
+        volumes: vec![volume(src, "/src", true), volume(out, "/out", false)],
+        boot_timeout: Duration::from_secs(300),
+        ..SessionOptions::default()
+    }
+}
+
 #[tokio::test]
 async fn a_qemu_that_tries_to_start_a_process_is_killed_by_its_sandbox() {
     let images = common::images();
@@ -143,22 +157,7 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
     } else {
         Ids::current()
     };
-    let opts = SessionOptions {
-        volumes: vec![
-            Volume {
-                host: src.path().into(),
-                guest: "/src".into(),
-                readonly: true,
-            },
-            Volume {
-                host: out.path().into(),
-                guest: "/out".into(),
-                readonly: false,
-            },
-        ],
-        boot_timeout: Duration::from_secs(300),
-        ..SessionOptions::default()
-    };
+    let opts = src_and_out(src.path(), out.path());
     let mut session = Session::revive(&store, base, &opts).await.unwrap();
     let (g, c) = session.pids();
     let (g, c) = (g.unwrap(), c.unwrap());
@@ -251,22 +250,7 @@ async fn root_owned_shares_are_served_by_a_namespaced_qemu_with_true_owners() {
     std::fs::write(src.path().join("users"), "u\n").unwrap();
     let user = share_owner();
     guestbox::host::users::chown(&src.path().join("users"), user).unwrap();
-    let opts = SessionOptions {
-        volumes: vec![
-            Volume {
-                host: src.path().into(),
-                guest: "/src".into(),
-                readonly: true,
-            },
-            Volume {
-                host: out.path().into(),
-                guest: "/out".into(),
-                readonly: false,
-            },
-        ],
-        boot_timeout: Duration::from_secs(300),
-        ..SessionOptions::default()
-    };
+    let opts = src_and_out(src.path(), out.path());
     let mut session = Session::revive(&store, base, &opts).await.unwrap();
     let (_, c) = session.pids();
     let c = c.unwrap();

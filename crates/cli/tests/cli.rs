@@ -101,11 +101,24 @@ fn pids_matching(needle: &str) -> Vec<i32> {
         if String::from_utf8_lossy(&cmd)
             .replace('\0', " ")
             .contains(needle)
+            || (pid as u32 != std::process::id() && holds_file_under(&e.path(), needle))
         {
             out.push(pid);
         }
     }
     out
+}
+
+/// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
+/// a QEMU that is root of a user namespace names no path on its command line, but holds
+/// its disks and its run directory open.
+fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(proc.join("fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().contains(needle))
 }
 
 #[test]

@@ -264,9 +264,13 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
     let store = common::store();
     let before = run_dirs(&store);
     // An exchange directory of its own marks this run's controller among the other tests'
-    // runs; the guest QEMU, which names its console file (its disk comes as a descriptor),
-    // is in the same run.
+    // runs (on its command line: as root the directory is given to a user, whom that QEMU
+    // becomes; root's own would be handed over as a descriptor); the guest QEMU, which
+    // names its console file (its disk comes as a descriptor), is in the same run.
     let xchg = tempfile::tempdir().unwrap();
+    if guestbox::host::users::Ids::current().is_root() {
+        guestbox::host::users::chown(xchg.path(), common::test_user()).unwrap();
+    }
     let mut o = cmd(&["sleep", "300"]);
     o.session.xchg = Some(xchg.path().to_path_buf());
     let job = tokio::spawn(run(o));

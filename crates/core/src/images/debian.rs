@@ -47,9 +47,15 @@ pub async fn pin_index(
         Ok(fingerprint) => {
             std::fs::create_dir_all(cache.root())
                 .ctx(|| format!("creating {}", cache.root().display()))?;
-            let tmp = pointer.with_extension("tmp");
-            std::fs::write(&tmp, &fingerprint).ctx(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &pointer).ctx(|| format!("writing {}", pointer.display()))?;
+            // A temporary file of its own: two bootstraps at once pin the same index, and
+            // with one shared name the second found its file renamed away by the first.
+            let mut tmp = tempfile::NamedTempFile::new_in(cache.root())
+                .ctx(|| format!("creating a file in {}", cache.root().display()))?;
+            std::io::Write::write_all(&mut tmp, fingerprint.as_bytes())
+                .ctx(|| format!("writing {}", tmp.path().display()))?;
+            tmp.persist(&pointer)
+                .map_err(|e| e.error)
+                .ctx(|| format!("writing {}", pointer.display()))?;
             pinned.index = Some(fingerprint);
         }
         Err(e) => match std::fs::read_to_string(&pointer) {

@@ -69,11 +69,24 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
         if String::from_utf8_lossy(&cmdline)
             .replace('\0', " ")
             .contains(needle)
+            || (pid != std::process::id() && holds_file_under(&entry.path(), needle))
         {
             out.push(pid);
         }
     }
     out
+}
+
+/// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
+/// a QEMU that is root of a user namespace names no path on its command line, but holds
+/// its disks and its run directory open.
+fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(proc.join("fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().contains(needle))
 }
 
 /// The default Debian base (1 GiB, TCG), bootstrapped once per test run.

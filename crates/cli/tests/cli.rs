@@ -98,10 +98,9 @@ fn pids_matching(needle: &str) -> Vec<i32> {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmd)
-            .replace('\0', " ")
-            .contains(needle)
-            || (pid as u32 != std::process::id() && holds_file_under(&e.path(), needle))
+        let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if text.contains(needle)
+            || (text.contains("qemu-system") && holds_file_under(&e.path(), needle))
         {
             out.push(pid);
         }
@@ -111,7 +110,8 @@ fn pids_matching(needle: &str) -> Vec<i32> {
 
 /// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
 /// a QEMU that is root of a user namespace names no path on its command line, but holds
-/// its disks and its run directory open.
+/// its disks and its run directory open. (Asked of QEMUs only: guestbox itself holds its
+/// run directories open too.)
 fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
     std::fs::read_dir(proc.join("fd"))
         .into_iter()

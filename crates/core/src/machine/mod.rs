@@ -2,8 +2,9 @@
 //! ([`argv`]), the running process and its QMP connection ([`vm`]), snapshots ([`snapshot`]),
 //! copy-on-write disks ([`overlay`]), and the host facts a snapshot depends on: the QEMU
 //! release and machine types ([`qemu`]), and whether KVM really works ([`accel`]); how
-//! every QEMU is confined ([`confine`]: seccomp, and no root); the swtpm a TPM needs next
-//! to QEMU ([`tpm`]).
+//! every QEMU is confined ([`confine`]: seccomp, and no root), and what a QEMU that is root
+//! of a user namespace is handed instead of paths ([`namespace`]); the swtpm a TPM needs
+//! next to QEMU ([`tpm`]).
 
 pub mod accel;
 pub mod argv;

@@ -93,7 +93,7 @@ pub enum Identity {
     #[default]
     Same,
     /// The program leaves root by itself (QEMU's `-runas`), which clears its
-    /// PR_SET_PDEATHSIG: a keeper then kills it when guestbox dies ([`keep_with_guestbox`]).
+    /// PR_SET_PDEATHSIG: a keeper then kills it when guestbox dies (`keep_with_guestbox`).
     ChangesItself,
     /// The child becomes, before it runs the program, root of the user namespace `ns`
     /// (an unprivileged uid to the host), keeping `groups` as its supplementary groups

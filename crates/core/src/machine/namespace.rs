@@ -1,8 +1,9 @@
-//! Starting a QEMU as root of a user namespace of its own ([`Confinement::namespace`]):
-//! how a root guestbox serves directories of root (or of several users) without a root
-//! QEMU. To the host, QEMU is then one of the QEMU user's subordinate uids from its first
-//! instruction; so nothing it opens by path may need more than that uid has. Every path
-//! of its command line is therefore handed over first, as what guestbox opened:
+//! Starting a QEMU as root of a user namespace of its own
+//! ([`super::confine::Confinement::namespace`]): how a root guestbox serves directories of
+//! root (or of several users) without a root QEMU. To the host, QEMU is then one of the
+//! QEMU user's subordinate uids from its first instruction; so nothing it opens by path may
+//! need more than that uid has. Every path of its command line is therefore handed over
+//! first, as what guestbox opened:
 //!
 //! - kernel and initrd: descriptors opened read-only (`/proc/self/fd/N`);
 //! - the RAM file, the console log and each shared directory: idmapped views

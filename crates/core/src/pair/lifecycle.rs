@@ -24,7 +24,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// its SSH port answers, which [`setup`] waits for). Both QMP connections are opened from
 /// the start, so that QEMU's events (a full host disk) are seen on every path.
 /// `timeout` bounds the guest's marker (from power-on) and, never below
-/// [`CONTROLLER_BOOT_LIMIT`], the controller's.
+/// `CONTROLLER_BOOT_LIMIT`, the controller's.
 pub async fn start(
     qemu: &Path,
     guest: VmSpec,

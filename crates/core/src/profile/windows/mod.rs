@@ -1,7 +1,7 @@
 //! Windows guests on QEMU, the `windows` and `windows-xp` profiles: what the profile records
 //! ([`WindowsProfile`]), the machine ([`machine`]), the bootstrap stages ([`stages`]), the
 //! install run from guestbox ([`install`]) and cached ([`bootstrap`]), `bootstrap --emit`
-//! ([`emit`]), and the scripts over SSH: the share's mapping at bootstrap and one run
+//! ([`mod@emit`]), and the scripts over SSH: the share's mapping at bootstrap and one run
 //! ([`run`]).
 //!
 //! The install media themselves (answer file, floppy, offline Cygwin CD, bootstrap scripts)

@@ -1,7 +1,9 @@
 //! The `guestbox` command as a user meets it: exit codes, messages, cleanup.
 
 mod common;
-use common::{base_id, descendants, guestbox, guestbox_in, started_run, test_home, text, Tmux};
+use common::{
+    base_id, descendants, guestbox, guestbox_in, pids_matching, started_run, test_home, text, Tmux,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -86,39 +88,6 @@ fn a_missing_host_program_is_named_with_its_package() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("apt-get install"), "{err}");
-}
-
-/// PIDs of processes whose command line mentions `needle`.
-fn pids_matching(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if text.contains(needle)
-            || (text.contains("qemu-system") && holds_file_under(&e.path(), needle))
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
-/// a QEMU that is root of a user namespace names no path on its command line, but holds
-/// its disks and its run directory open. (Asked of QEMUs only: guestbox itself holds its
-/// run directories open too.)
-fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(proc.join("fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| target.to_string_lossy().contains(needle))
 }
 
 #[test]

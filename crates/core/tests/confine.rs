@@ -13,7 +13,7 @@ use guestbox::host::users::Ids;
 use guestbox::machine::confine::{Policy, QEMU_USER};
 use guestbox::machine::spec::{Accel, Boot, Memory, Rtc, VmSpec};
 use guestbox::machine::Vm;
-use guestbox::run::{Session, SessionOptions, Streams, Volume};
+use guestbox::run::{Session, SessionOptions, Volume};
 
 /// (uid, Seccomp, NoNewPrivs) from /proc/PID/status.
 fn status_of(pid: u32) -> (u32, u32, u32) {
@@ -158,7 +158,7 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
         Ids::current()
     };
     let opts = src_and_out(src.path(), out.path());
-    let mut session = Session::revive(&store, base, &opts).await.unwrap();
+    let session = Session::revive(&store, base, &opts).await.unwrap();
     let (g, c) = session.pids();
     let (g, c) = (g.unwrap(), c.unwrap());
     let (guid, gsec, gnnp) = status_of(g);
@@ -191,33 +191,18 @@ async fn a_confined_revived_pair_gets_its_shares_output_and_exit_code() {
         run_dir.display()
     );
 
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut streams = Streams {
-        stdin: None,
-        stdout: &mut stdout,
-        stderr: &mut stderr,
-        window: None,
-    };
-    let command = guestbox::run::Command {
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "cat /src/in.txt; echo made > /out/made.txt; mkdir /out/d; echo oops >&2; exit 42"
-                .into(),
+    let r = common::exec(
+        session,
+        &[
+            "sh",
+            "-c",
+            "cat /src/in.txt; echo made > /out/made.txt; mkdir /out/d; echo oops >&2; exit 42",
         ],
-        ..guestbox::run::Command::default()
-    };
-    let outcome = session.exec(&command, &mut streams).await.unwrap();
-    session.discard().await;
-    assert_eq!(
-        outcome.exit_code,
-        42,
-        "stderr {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&stdout), "input\n");
-    assert_eq!(String::from_utf8_lossy(&stderr), "oops\n");
+    )
+    .await;
+    assert_eq!(r.code, 42, "stderr {}", r.stderr);
+    assert_eq!(r.stdout, "input\n");
+    assert_eq!(r.stderr, "oops\n");
     let made = out.path().join("made.txt");
     assert_eq!(std::fs::read_to_string(&made).unwrap(), "made\n");
     // What the job made belongs to the directory's owner, not root, not the QEMU user.
@@ -251,7 +236,7 @@ async fn root_owned_shares_are_served_by_a_namespaced_qemu_with_true_owners() {
     let user = share_owner();
     guestbox::host::users::chown(&src.path().join("users"), user).unwrap();
     let opts = src_and_out(src.path(), out.path());
-    let mut session = Session::revive(&store, base, &opts).await.unwrap();
+    let session = Session::revive(&store, base, &opts).await.unwrap();
     let (_, c) = session.pids();
     let c = c.unwrap();
     let (cuid, csec, cnnp) = status_of(c);
@@ -282,14 +267,6 @@ async fn root_owned_shares_are_served_by_a_namespaced_qemu_with_true_owners() {
             && !cmdline.contains(&*store.runs.to_string_lossy()),
         "a path into GUESTBOX_HOME: {cmdline}"
     );
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut streams = Streams {
-        stdin: None,
-        stdout: &mut stdout,
-        stderr: &mut stderr,
-        window: None,
-    };
     let user_ids = format!("{}:{}", user.uid, user.gid);
     let script = format!(
         "stat -c '%n %u:%g' /src/roots /src/users; echo made > /out/made; mkdir /out/d; \
@@ -297,18 +274,9 @@ async fn root_owned_shares_are_served_by_a_namespaced_qemu_with_true_owners() {
          if echo no > /src/refused 2>/dev/null; then echo wrote; fi; \
          test \"$(stat -c %u:%g /src/users)\" = {user_ids}"
     );
-    let command = guestbox::run::Command {
-        argv: vec!["sh".into(), "-c".into(), script],
-        ..guestbox::run::Command::default()
-    };
-    let outcome = session.exec(&command, &mut streams).await.unwrap();
-    session.discard().await;
-    let stderr = String::from_utf8_lossy(&stderr);
-    assert_eq!(outcome.exit_code, 0, "stderr {stderr}");
-    assert_eq!(
-        String::from_utf8_lossy(&stdout),
-        format!("/src/roots 0:0\n/src/users {user_ids}\n")
-    );
+    let r = common::exec(session, &["sh", "-c", &script]).await;
+    assert_eq!(r.code, 0, "stderr {}", r.stderr);
+    assert_eq!(r.stdout, format!("/src/roots 0:0\n/src/users {user_ids}\n"));
     for (name, owner) in [("made", (0, 0)), ("d", (0, 0)), ("given", (1234, 4321))] {
         let md = std::fs::metadata(out.path().join(name)).unwrap();
         assert_eq!((md.uid(), md.gid()), owner, "{name}");

@@ -198,6 +198,10 @@ impl Drop for Tmux {
     }
 }
 
+#[path = "../../../core/tests/common/procs.rs"]
+mod procs;
+#[allow(unused_imports)] // Not every test file looks for processes.
+pub use procs::*;
 #[path = "../../../core/tests/common/users.rs"]
 mod users;
 #[allow(unused_imports)] // Not every test file needs the test user.

@@ -56,39 +56,6 @@ pub fn images() -> &'static Images {
     })
 }
 
-/// PIDs of processes whose command line contains `needle`.
-pub fn pids_matching(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle)
-            || (text.contains("qemu-system") && holds_file_under(&entry.path(), needle))
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
-/// a QEMU that is root of a user namespace names no path on its command line, but holds
-/// its disks and its run directory open. (Asked of QEMUs only: guestbox itself holds its
-/// run directories open too.)
-fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(proc.join("fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| target.to_string_lossy().contains(needle))
-}
-
 /// The default Debian base (1 GiB, TCG), bootstrapped once per test run.
 pub fn base() -> &'static guestbox::store::Base {
     static BASE: OnceLock<guestbox::store::Base> = OnceLock::new();
@@ -147,6 +114,29 @@ pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult>
     })
 }
 
+/// Runs `argv` in a revived `session`, then discards it; output captured as [`run`]'s.
+pub async fn exec(mut session: guestbox::run::Session, argv: &[&str]) -> RunResult {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut streams = guestbox::run::Streams {
+        stdin: None,
+        stdout: &mut out,
+        stderr: &mut err,
+        window: None,
+    };
+    let command = guestbox::run::Command {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..guestbox::run::Command::default()
+    };
+    let outcome = session.exec(&command, &mut streams).await.unwrap();
+    session.discard().await;
+    RunResult {
+        code: outcome.exit_code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
 pub fn cmd(argv: &[&str]) -> guestbox::run::RunOptions {
     let mut opts = guestbox::run::RunOptions::default();
     opts.command.argv = argv.iter().map(|s| s.to_string()).collect();
@@ -154,6 +144,9 @@ pub fn cmd(argv: &[&str]) -> guestbox::run::RunOptions {
     opts
 }
 
+mod procs;
 mod users;
+#[allow(unused_imports)] // Not every test file looks for processes.
+pub use procs::*;
 #[allow(unused_imports)] // Not every test file needs the test user.
 pub use users::*;

@@ -96,17 +96,10 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
     // A run holds the base; rm must refuse until it is over.
     let store2 = store.clone();
     let base = a.clone();
-    let running = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut streams = guestbox::run::Streams {
-            stdin: None,
-            stdout: &mut out,
-            stderr: &mut err,
-            window: None,
-        };
-        guestbox::run::run(&store2, &base, &common::cmd(&["sleep", "4"]), &mut streams).await
-    });
+    let running =
+        tokio::spawn(
+            async move { common::run_on(&store2, &base, &common::cmd(&["sleep", "4"])).await },
+        );
     // Once its guest QEMU (the only one with 768 MiB) runs, the run holds the base.
     let started = std::time::Instant::now();
     while common::pids_matching("size=768M").is_empty() {
@@ -125,7 +118,7 @@ async fn concurrent_bootstraps_build_one_sealed_base_which_rm_removes_only_when_
     assert!(err.to_string().contains("in use"), "{err}");
     assert_eq!(err.exit_code(), 2);
     let outcome = running.await.unwrap().unwrap();
-    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(outcome.code, 0);
     store.remove(&a).unwrap();
     assert!(!a.dir.exists());
     assert!(store.resolve(&a.manifest.id).is_err());

@@ -112,16 +112,8 @@ async fn in_new_run<T>(store: &Store, before: &[PathBuf], found: impl Fn(&Path) 
 
 /// Runs `true` on `base` in `store`; the error a damaged base must give.
 async fn revive_error(store: &Store, base: &Base) -> guestbox::Error {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let mut streams = guestbox::run::Streams {
-        stdin: None,
-        stdout: &mut out,
-        stderr: &mut err,
-        window: None,
-    };
-    match guestbox::run::run(store, base, &cmd(&["true"]), &mut streams).await {
-        Ok(o) => panic!("a damaged base revived (exit {})", o.exit_code),
+    match common::run_on(store, base, &cmd(&["true"])).await {
+        Ok(o) => panic!("a damaged base revived (exit {})", o.code),
         Err(e) => e,
     }
 }
@@ -248,8 +240,7 @@ async fn a_guest_kernel_panic_ends_the_run_with_125_and_the_panic_on_screen() {
         "echo c > /proc/sysrq-trigger; sleep 100",
     ]))
     .await
-    .err()
-    .expect("a panicking guest cannot finish the job");
+    .expect_err("a panicking guest cannot finish the job");
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 125, "{msg}");
     assert!(msg.contains("guest VM stopped"), "{msg}");
@@ -297,8 +288,7 @@ async fn qemu_killed_from_outside_mid_run_ends_it_with_125() {
         .await
         .expect("the run noticed the dead guest")
         .unwrap()
-        .err()
-        .expect("the run failed");
+        .expect_err("the run failed");
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 125, "{msg}");
     assert!(
@@ -623,8 +613,6 @@ async fn full_disk_during_a_run(cold: bool) {
         ..common::store()
     };
     let used_before = fs.used_kib();
-    let mut out = Vec::new();
-    let mut err = Vec::new();
     let mut o = cmd(&[
         "sh",
         "-c",
@@ -632,13 +620,7 @@ async fn full_disk_during_a_run(cold: bool) {
     ]);
     o.command.timeout = Some(Duration::from_secs(180));
     o.session.cold = cold;
-    let mut streams = guestbox::run::Streams {
-        stdin: None,
-        stdout: &mut out,
-        stderr: &mut err,
-        window: None,
-    };
-    let e = guestbox::run::run(&store, base, &o, &mut streams)
+    let e = common::run_on(&store, base, &o)
         .await
         .expect_err("writing 120 MiB cannot fit in 48");
     let msg = e.to_string();

@@ -283,13 +283,12 @@ async fn bad_volumes_are_refused_clearly() {
     }];
     let err = run(o)
         .await
-        .err()
-        .expect("a missing host directory must fail");
+        .expect_err("a missing host directory must fail");
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("/no/such/dir"), "{err}");
     let mut o = cmd(&["true"]);
     o.command.workdir = Some("relative".into());
-    assert_eq!(run(o).await.err().expect("relative workdir").exit_code(), 2);
+    assert_eq!(run(o).await.expect_err("relative workdir").exit_code(), 2);
 }
 
 #[tokio::test]

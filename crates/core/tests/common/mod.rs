@@ -90,6 +90,7 @@ pub fn store() -> guestbox::store::Store {
     guestbox::store::Store::new(&dirs())
 }
 
+#[derive(Debug)]
 pub struct RunResult {
     pub code: i32,
     pub stdout: String,
@@ -98,6 +99,15 @@ pub struct RunResult {
 
 /// Runs `opts` on the test base, capturing output.
 pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult> {
+    run_on(&store(), base(), &opts).await
+}
+
+/// Runs `opts` on `base` of `store`, capturing output.
+pub async fn run_on(
+    store: &guestbox::store::Store,
+    base: &guestbox::store::Base,
+    opts: &guestbox::run::RunOptions,
+) -> guestbox::Result<RunResult> {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut streams = guestbox::run::Streams {
@@ -106,7 +116,7 @@ pub async fn run(opts: guestbox::run::RunOptions) -> guestbox::Result<RunResult>
         stderr: &mut err,
         window: None,
     };
-    let outcome = guestbox::run::run(&store(), base(), &opts, &mut streams).await?;
+    let outcome = guestbox::run::run(store, base, opts, &mut streams).await?;
     Ok(RunResult {
         code: outcome.exit_code,
         stdout: String::from_utf8_lossy(&out).into_owned(),

@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -112,8 +112,7 @@ impl UserNamespace {
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor is open while self lives.
-        unsafe { BorrowedFd::borrow_raw(self.0.as_raw_fd()) }
+        self.0.as_fd()
     }
 
     /// Between fork and exec (async-signal-safe system calls only): keep `groups` as the

@@ -143,16 +143,25 @@ impl Host {
     }
 }
 
+/// The `(start, count)` fields of the lines of a subordinate id file (`/etc/subuid`'s
+/// `NAME:START:COUNT`) that are `user`'s (or `uid`'s), unparsed.
+pub fn subordinate_lines<'a>(
+    file: &'a str,
+    user: &'a str,
+    uid: u32,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    let uid = uid.to_string();
+    file.lines().filter_map(move |l| {
+        let mut f = l.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        (who == user || who == uid).then_some((start, count))
+    })
+}
+
 /// The ids `user` (or `uid`) has in a subordinate id file, summed over its lines.
 pub fn subordinate_ids(file: &str, user: &str, uid: u32) -> u64 {
-    file.lines()
-        .filter_map(|l| {
-            let mut f = l.trim().split(':');
-            let (who, _start, count) = (f.next()?, f.next()?, f.next()?);
-            (who == user || who == uid.to_string())
-                .then(|| count.parse::<u64>().ok())
-                .flatten()
-        })
+    subordinate_lines(file, user, uid)
+        .filter_map(|(_, count)| count.parse::<u64>().ok())
         .sum()
 }
 

@@ -36,9 +36,10 @@ pub const QEMU_USER: &str = "guestbox-qemu";
 /// Names another account for that (its uid must not be 0).
 pub const QEMU_USER_ENV: &str = "GUESTBOX_QEMU_USER";
 
-/// Ids a namespaced QEMU has (inside 0..NAMESPACE_IDS): Debian's system users and groups
-/// go up to 65534 (nobody, nogroup), so a guest's files keep their owners.
-pub const NAMESPACE_IDS: u32 = 65536;
+/// Ids a namespaced QEMU has (inside 0..NAMESPACE_IDS): as many as an image build maps,
+/// for the same reason (Debian's system users and groups go up to 65534), so a guest's
+/// files keep their owners.
+pub const NAMESPACE_IDS: u32 = crate::host::userns::IDS_NEEDED as u32;
 
 /// The seccomp groups QEMU runs under.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -109,16 +110,13 @@ impl SubIds {
     }
 }
 
-/// The start of the first `NAME:START:COUNT` line (or `UID:...`) with COUNT large enough.
+/// The start of the first of `name`'s (or `uid`'s) lines with COUNT large enough: one
+/// range, one line of a namespace's id map.
 fn first_range(text: &str, name: &str, uid: u32) -> Option<u32> {
-    text.lines().find_map(|line| {
-        let mut f = line.trim().split(':');
-        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+    crate::host::userns::subordinate_lines(text, name, uid).find_map(|(start, count)| {
         let start: u32 = start.parse().ok()?;
         let count: u32 = count.parse().ok()?;
-        let me = who == name || who.parse::<u32>().ok() == Some(uid);
-        (me && count >= NAMESPACE_IDS && start > 0 && start.checked_add(count).is_some())
-            .then_some(start)
+        (count >= NAMESPACE_IDS && start > 0 && start.checked_add(count).is_some()).then_some(start)
     })
 }
 

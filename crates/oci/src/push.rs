@@ -327,11 +327,9 @@ fn all_zero(buf: &[u8]) -> bool {
 /// untouched memory is mostly whole frames of zeros, which then cost a compare instead
 /// of a compression (1 GiB of zeros took 0.54 CPU-s to compress here). The bytes are
 /// exactly what compressing the zeros gives, so blobs are the same either way.
-fn zero_frame(
-    comp: &mut zstd::bulk::Compressor<'_>,
-    level: i32,
-    n: usize,
-) -> std::io::Result<Arc<Vec<u8>>> {
+///
+/// A pull that finds this frame knows its content without decoding it.
+pub(crate) fn zeros_frame(level: i32, n: usize) -> std::io::Result<Arc<Vec<u8>>> {
     type Frames = Mutex<HashMap<(i32, usize), Arc<Vec<u8>>>>;
     static FRAMES: std::sync::OnceLock<Frames> = std::sync::OnceLock::new();
     let frames = FRAMES.get_or_init(Default::default);
@@ -342,20 +340,15 @@ fn zero_frame(
     {
         return Ok(f.clone());
     }
+    // A compressor set as a push's (compress_frames) is.
+    let mut comp = zstd::bulk::Compressor::new(level)?;
+    comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
     let frame = Arc::new(comp.compress(&vec![0u8; n])?);
     frames
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert((level, n), frame.clone());
     Ok(frame)
-}
-
-/// The frame a push makes of `n` zeros at `level` (made once per process): a pull that
-/// finds it knows the frame's content without decoding it.
-pub(crate) fn zeros_frame(level: i32, n: usize) -> std::io::Result<Arc<Vec<u8>>> {
-    let mut comp = zstd::bulk::Compressor::new(level)?;
-    comp.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-    zero_frame(&mut comp, level, n)
 }
 
 /// Compresses `length` bytes at `offset` of `path` into zstd frames of [`FRAME_INPUT`]
@@ -395,7 +388,7 @@ pub fn compress_frames(
         if is_hole(&file, pos, n as u64) {
             // Not read at all: reading a hole makes the kernel zero-fill page-cache pages,
             // 2 CPU-s per GiB here, and fills the cache with them.
-            out.extend_from_slice(&zero_frame(&mut comp, level, n).map_err(zerr)?);
+            out.extend_from_slice(&zeros_frame(level, n).map_err(zerr)?);
         } else {
             let buf = &mut input[..n];
             if let Err(e) = file.read_exact_at(buf, pos) {
@@ -413,7 +406,7 @@ pub fn compress_frames(
                 });
             }
             if all_zero(buf) {
-                out.extend_from_slice(&zero_frame(&mut comp, level, n).map_err(zerr)?);
+                out.extend_from_slice(&zeros_frame(level, n).map_err(zerr)?);
             } else {
                 out.reserve(zstd::zstd_safe::compress_bound(n));
                 let mut cursor = std::io::Cursor::new(&mut out);

@@ -7,6 +7,9 @@
 //! between runs of it (bases are content-addressed).
 mod common;
 // Debian's docker-registry on loopback, as the registry client's own tests start it.
+#[path = "../../core/tests/common/procs.rs"]
+#[allow(dead_code)] // Only its open-file check is used here.
+mod procs;
 #[path = "../../oci/tests/common/registry.rs"]
 mod registry;
 
@@ -728,7 +731,8 @@ fn left_after_a_while(needle: &str) -> Vec<String> {
     left
 }
 
-/// Command lines of QEMU or swtpm processes that mention `needle`.
+/// Command lines of QEMU or swtpm processes that mention `needle` (a QEMU also by the files
+/// it holds open: a namespaced one names no path).
 fn processes_with(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -744,7 +748,9 @@ fn processes_with(needle: &str) -> Vec<String> {
             continue;
         };
         let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if line.contains(needle) && (line.contains("qemu-system") || line.contains("swtpm")) {
+        let ours = line.contains(needle)
+            || (line.contains("qemu-system") && procs::holds_file_under(&e.path(), needle));
+        if ours && (line.contains("qemu-system") || line.contains("swtpm")) {
             out.push(line);
         }
     }

@@ -24,7 +24,7 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
 /// a QEMU that is root of a user namespace names no path on its command line, but holds
 /// its disks and its run directory open. (Asked of QEMUs only: guestbox itself holds its
 /// run directories open too.)
-fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
+pub fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
     std::fs::read_dir(proc.join("fd"))
         .into_iter()
         .flatten()

@@ -11,7 +11,9 @@ mod common;
 #[path = "../../oci/tests/common/registry.rs"]
 mod registry;
 
-use common::{base_id, descendants, guestbox, guestbox_in, live_cmdline, test_home, text};
+use common::{
+    base_id, descendants, guestbox, guestbox_in, holds_file_under, live_cmdline, test_home, text,
+};
 use registry::{raw_manifest, Registry, PASSWORD, USER};
 
 use std::io::BufRead;
@@ -145,7 +147,7 @@ fn layer_digest(reg: &Registry, repo: &str, tag: &str, title: &str) -> String {
         .to_string()
 }
 
-/// No QEMU left running that names `home`.
+/// No QEMU left running that names `home` (or holds a file of it open).
 fn assert_no_qemu_of(home: &Path) {
     let needle = home.to_string_lossy().into_owned();
     let mut left = Vec::new();
@@ -153,7 +155,10 @@ fn assert_no_qemu_of(home: &Path) {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if live_cmdline(pid).is_some_and(|c| c.contains("qemu-system") && c.contains(&needle)) {
+        if live_cmdline(pid).is_some_and(|c| {
+            c.contains("qemu-system")
+                && (c.contains(&needle) || holds_file_under(pid as u32, &needle))
+        }) {
             left.push(pid);
         }
     }

@@ -5,7 +5,9 @@
 //! Shares the test home (and its default base) with every other test of the workspace.
 
 mod common;
-use common::{base_id, descendants, guestbox, live_cmdline, started_run, test_home, text};
+use common::{
+    base_id, descendants, guestbox, holds_file_under, live_cmdline, started_run, test_home, text,
+};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -20,13 +22,16 @@ fn default_base_ready() {
 
 /// Fails unless every one of `qemus` (PIDs of the run in `run_dir`) is gone within a few
 /// seconds, and the run directory with them. A PID reused by another process does not
-/// count: it must still name the run.
+/// count: it must still name the run (or hold it open, as a namespaced QEMU does).
 fn assert_gone(qemus: &[i32], run_dir: &str, what: &str) {
     let left = || -> Vec<i32> {
         qemus
             .iter()
             .copied()
-            .filter(|p| live_cmdline(*p).is_some_and(|c| c.contains(run_dir)))
+            .filter(|p| {
+                live_cmdline(*p)
+                    .is_some_and(|c| c.contains(run_dir) || holds_file_under(*p as u32, run_dir))
+            })
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -748,8 +748,9 @@ fn processes_with(needle: &str) -> Vec<String> {
             continue;
         };
         let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let pid = e.file_name().to_string_lossy().parse().unwrap_or(0);
         let ours = line.contains(needle)
-            || (line.contains("qemu-system") && procs::holds_file_under(&e.path(), needle));
+            || (line.contains("qemu-system") && procs::holds_file_under(pid, needle));
         if ours && (line.contains("qemu-system") || line.contains("swtpm")) {
             out.push(line);
         }

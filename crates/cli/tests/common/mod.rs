@@ -95,7 +95,8 @@ pub fn live_cmdline(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(&cmd).replace('\0', " "))
 }
 
-/// The QEMUs (`qemu-system-*`) below guestbox `pid` whose command line names `run_dir`.
+/// The QEMUs (`qemu-system-*`) below guestbox `pid` that name `run_dir` (on the command
+/// line, or in the files a namespaced one holds open).
 pub fn run_qemus(pid: u32, run_dir: &str) -> Vec<i32> {
     descendants(pid as i32)
         .into_iter()
@@ -107,7 +108,7 @@ pub fn run_qemus(pid: u32, run_dir: &str) -> Vec<i32> {
                     .next()
                     .unwrap_or_default()
                     .starts_with("qemu-system")
-                    && c.contains(run_dir)
+                    && (c.contains(run_dir) || holds_file_under(*p as u32, run_dir))
             })
         })
         .collect()

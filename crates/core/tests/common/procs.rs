@@ -11,8 +11,7 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
             continue;
         };
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle)
-            || (text.contains("qemu-system") && holds_file_under(&entry.path(), needle))
+        if text.contains(needle) || (text.contains("qemu-system") && holds_file_under(pid, needle))
         {
             out.push(pid);
         }
@@ -20,12 +19,12 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
     out
 }
 
-/// Whether the process at `/proc/PID` has a descriptor open on a path containing `needle`:
+/// Whether process `pid` has a descriptor open on a path containing `needle`:
 /// a QEMU that is root of a user namespace names no path on its command line, but holds
 /// its disks and its run directory open. (Asked of QEMUs only: guestbox itself holds its
 /// run directories open too.)
-pub fn holds_file_under(proc: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(proc.join("fd"))
+pub fn holds_file_under(pid: u32, needle: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
